@@ -119,7 +119,7 @@ def tiny_gpt2_dir(data_dir: str | Path | None = None) -> Path:
     return base / "models" / TINY_GPT2_NAME
 
 
-_cache: dict[tuple[str, str | None], ModelMeta] = {}
+_cache: dict[tuple[str, str | None, str], ModelMeta] = {}
 _cache_lock = threading.Lock()
 
 
@@ -127,7 +127,7 @@ def resolve_model(spec: str, data_dir: str | Path | None = None) -> ModelMeta:
     """The ModelMeta a model spec names (see the module docstring for the forms).
 
     Raises NotFoundError when nothing local matches and UnsupportedError for a non-GPT-2 config.
-    Results are cached per (spec, data_dir) for the life of the process.
+    Results are cached per (spec, data_dir, hub cache location) for the life of the process.
     """
     spec = spec.strip()
     if not spec:
@@ -135,7 +135,7 @@ def resolve_model(spec: str, data_dir: str | Path | None = None) -> ModelMeta:
     if spec == TINY_GPT2_NAME:
         # Not cached: ``path`` changes once the model has been generated, and this is cheap.
         return _tiny_meta(spec, TINY_GPT2_NAME, data_dir)
-    key = (spec, None if data_dir is None else str(data_dir))
+    key = (spec, None if data_dir is None else str(data_dir), str(hf_hub_cache_dir()))
     with _cache_lock:
         cached = _cache.get(key)
     if cached is not None:
