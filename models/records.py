@@ -1,0 +1,165 @@
+"""The tables: one ``jobs`` row per submission, one ``runs`` row per sub-request, job tags.
+
+A job holds the request as submitted (normalised wire JSON), the response as the exact TDB wire
+text compressed with zlib (so the result endpoint returns byte-identical JSON without re-encoding),
+or a structured error. A run (``JOB/N``) is one sub-request of a job: the unit a person compares,
+so its prompt, tokens, ablations and loss are columns, indexed for history queries. Tags live in
+their own table so that "jobs with tag X" is an indexed join on PostgreSQL and SQLite alike; the
+``tags`` JSON columns are the same lists, denormalised for display.
+
+JSON columns are JSONB on PostgreSQL and JSON on SQLite. Alembic (``migrations/``) owns the schema;
+a test checks that autogenerate finds no difference between these classes and the migrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from models.jobs import JobStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+        dt.datetime: UTCDateTime(),
+    }
+
+
+STATUS_CHECK = "status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(STATUS_CHECK, name="status"),
+        Index("ix_jobs_model_created_at", "model", "created_at"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    model_revision: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    request: Mapped[dict[str, Any] | None]
+    request_hash: Mapped[str] = mapped_column(String(64), index=True)
+    response: Mapped[bytes | None] = mapped_column(LargeBinary)  # zlib of the wire JSON text
+    response_size: Mapped[int | None] = mapped_column(Integer)  # bytes of the uncompressed text
+    error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(100))
+    label: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    cache_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    engine_seconds: Mapped[float | None] = mapped_column(Float)
+
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="job", order_by="Run.index", cascade="all, delete-orphan", lazy="selectin"
+    )
+    tag_rows: Mapped[list[JobTag]] = relationship(cascade="all, delete-orphan")
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.endpoint!r}, {self.model!r}, {self.status!r})"
+
+
+class Run(Base):
+    """One sub-request of a job, addressable as ``<job id>/<index>``."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_model_created_at", "model", "created_at"),
+        Index("ix_runs_prompt_hash_model", "prompt_hash", "model"),
+        Index("ix_runs_has_ablations_created_at", "has_ablations", "created_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_hash: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    model_revision: Mapped[str | None] = mapped_column(String(100))
+    target_tokens: Mapped[list[Any] | None]
+    distractor_tokens: Mapped[list[Any] | None]
+    ablations: Mapped[str] = mapped_column(Text, default="[]")  # canonical sorted JSON
+    has_ablations: Mapped[bool] = mapped_column(Boolean, default=False)
+    trace: Mapped[dict[str, Any] | None]
+    loss: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+    job: Mapped[Job] = relationship(back_populates="runs")
+
+    @property
+    def address(self) -> str:
+        return f"{self.job_id}/{self.index}"
+
+
+class JobTag(Base):
+    """One tag of one job: the indexed form of ``Job.tags`` for filtering."""
+
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)

@@ -1,0 +1,129 @@
+"""Configuration from ``ACTQ_*`` environment variables, with defaults that give the embedded mode.
+
+Nothing reads configuration at import time: callers build ``Settings()`` (or pass overrides) when
+they start. Database and broker URLs are accepted as people write them and translated here into
+what SQLAlchemy and kombu need, so every process derives the same URLs the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "tiny-gpt2"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is read from ``ACTQ_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ACTQ_", extra="ignore")
+
+    database_url: str | None = None  # default: SQLite file in the data dir
+    broker_url: str | None = None  # default: kombu filesystem transport in the data dir
+    model: str = DEFAULT_MODEL  # what a worker serves: a name, hub id, DIR or NAME=DIR
+    models: str | None = None  # what the API accepts, comma-separated; default: ``model``
+    device: str | None = None
+    data_dir: Path | None = None
+    api_url: str = DEFAULT_API_URL  # where the CLI finds a running service
+
+    max_wait_seconds: float = Field(default=60.0, gt=0)  # cap of ?wait= on /v1 routes
+    tdb_wait_seconds: float = Field(default=600.0, gt=0)  # how long TDB-compatible routes wait
+    lease_seconds: float = Field(default=600.0, gt=0)  # a heartbeat older than this is stale
+    heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: lease / 10, <= 30
+    visibility_timeout_seconds: int = Field(default=7200, gt=0)  # above the longest job
+    worker_pool: str = "prefork"
+
+    def data_path(self) -> Path:
+        if self.data_dir is not None:
+            return Path(self.data_dir).expanduser()
+        from models.model_meta import default_data_dir
+
+        return Path(default_data_dir())
+
+    def database(self) -> str:
+        """The SQLAlchemy URL, with actq's own driver choice."""
+        url = self.database_url or f"sqlite:///{self.data_path() / 'actq.db'}"
+        return sqlalchemy_url(url)
+
+    def broker(self) -> str:
+        return self.broker_url or f"filesystem://{self.data_path() / 'broker'}"
+
+    def served_models(self) -> list[str]:
+        if self.models:
+            return [m.strip() for m in self.models.split(",") if m.strip()]
+        return [self.model]
+
+    def heartbeat_interval(self) -> float:
+        if self.heartbeat_seconds is not None:
+            return self.heartbeat_seconds
+        return max(0.5, min(30.0, self.lease_seconds / 10))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` use psycopg 3; other URLs pass unchanged."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg2"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def broker_transport(url: str) -> tuple[str, dict]:
+    """The kombu URL and transport options for a broker URL.
+
+    ``filesystem:///some/dir`` names the folder that the serverless filesystem transport uses
+    (kombu itself ignores the path, so it is turned into transport options here).
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "filesystem":
+        return url, {}
+    folder = Path(parts.netloc + parts.path or ".").expanduser()
+    queue_dir = str(folder / "queue")
+    return "filesystem://", {
+        "data_folder_in": queue_dir,
+        "data_folder_out": queue_dir,
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings shared by the producer (API) and the consumer (worker).
+
+    Late acks with prefetch 1: a worker killed mid-job leaves its message to be delivered again,
+    and the claim step makes the rerun safe. Results are ignored: the jobs table is the truth.
+    """
+    url, options = broker_transport(settings.broker())
+    if url.startswith(("redis://", "rediss://", "redis+socket://")):
+        options["visibility_timeout"] = settings.visibility_timeout_seconds
+    return {
+        "broker_url": url,
+        "broker_transport_options": options,
+        "broker_connection_retry_on_startup": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+
+
+def ensure_broker_folders(url: str) -> None:
+    """Create the folders of a filesystem broker (kombu expects them to exist)."""
+    _, options = broker_transport(url)
+    for key in ("data_folder_in", "control_folder"):
+        if key in options:
+            os.makedirs(options[key], exist_ok=True)

@@ -1,0 +1,297 @@
+"""Data functions for jobs: create, claim, heartbeat, finish, fail, find and list.
+
+Each function takes a ``session`` and leaves the transaction to its caller (the view or the task
+owns it), so a status change and the data it implies are committed together. The claim and the
+final writes are conditional ``UPDATE``s, which makes a message delivered twice harmless: only one
+worker can hold an attempt, and only the holder of the current attempt can store its outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.jobs import JobStatus
+from models.records import Job, JobTag, Run, utcnow
+from models.runs import canonical_json, describe_runs, prompt_hash
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_job_id() -> str:
+    """A 26-character, URL-safe, time-sortable id (48-bit milliseconds + 80 random bits)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def request_hash(endpoint: str, request: Any, model: str, revision: str | None) -> str:
+    """sha256 of the canonical request with its endpoint, model and model revision."""
+    text = canonical_json([endpoint, model, revision, request])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compress_response(text: str) -> bytes:
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def response_bytes(job: Job) -> bytes | None:
+    """The stored TDB response exactly as the engine's encoder wrote it."""
+    return None if job.response is None else zlib.decompress(job.response)
+
+
+def create_job(
+    session: Session,
+    *,
+    endpoint: str,
+    model: str,
+    model_revision: str | None,
+    request: dict[str, Any] | None,
+    label: str | None = None,
+    tags: list[str] | None = None,
+    owner: str | None = None,
+) -> Job:
+    """Add a ``queued`` job with its runs and tags (not yet committed)."""
+    tags = sorted(set(tags or []))
+    now = utcnow()
+    job = Job(
+        id=new_job_id(),
+        endpoint=endpoint,
+        model=model,
+        model_revision=model_revision,
+        status=JobStatus.QUEUED.value,
+        request=request,
+        request_hash=request_hash(endpoint, request, model, model_revision),
+        created_at=now,
+        attempts=0,
+        owner=owner,
+        label=label,
+        tags=tags,
+    )
+    for index, info in enumerate(describe_runs(endpoint, request)):
+        job.runs.append(
+            Run(
+                index=index,
+                prompt=info.prompt,
+                prompt_hash=info.prompt_hash,
+                model=model,
+                model_revision=model_revision,
+                target_tokens=info.target_tokens,
+                distractor_tokens=info.distractor_tokens,
+                ablations=info.ablations,
+                has_ablations=info.has_ablations,
+                trace=info.trace,
+                label=label,
+                tags=tags,
+                created_at=now,
+            )
+        )
+    job.tag_rows = [JobTag(tag=tag) for tag in tags]
+    session.add(job)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def claim_job(
+    session: Session, job_id: str, worker: str, lease_seconds: float, now: dt.datetime | None = None
+) -> int | None:
+    """Move the job to ``started`` for ``worker``; return the attempt number, or None.
+
+    A ``queued`` job can be claimed; so can a ``started`` one whose heartbeat is older than the
+    lease (its worker died and the broker delivered the message again). Anything else, including a
+    job that already finished, is left alone: the message was a duplicate.
+    """
+    now = now or utcnow()
+    stale = now - dt.timedelta(seconds=lease_seconds)
+    claimable = or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(
+            Job.status == JobStatus.STARTED.value,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+        ),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.STARTED.value,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one()
+
+
+def _held(job_id: str, attempt: int):
+    return (Job.id == job_id, Job.status == JobStatus.STARTED.value, Job.attempts == attempt)
+
+
+def beat(session: Session, job_id: str, attempt: int, now: dt.datetime | None = None) -> bool:
+    """Refresh the heartbeat of a job this worker still holds."""
+    result = session.execute(
+        update(Job)
+        .where(*_held(job_id, attempt))
+        .values(heartbeat_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    response_text: str,
+    losses: list[float | None],
+    engine_seconds: float | None,
+) -> bool:
+    """Store the response and mark the job ``finished``; False if the attempt was superseded."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*_held(job_id, attempt))
+        .values(
+            status=JobStatus.FINISHED.value,
+            response=compress_response(response_text),
+            response_size=len(response_text.encode("utf-8")),
+            finished_at=now,
+            heartbeat_at=now,
+            engine_seconds=engine_seconds,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    for index, loss in enumerate(losses):
+        session.execute(
+            update(Run)
+            .where(Run.job_id == job_id, Run.index == index)
+            .values(loss=loss)
+            .execution_options(synchronize_session=False)
+        )
+    return True
+
+
+def fail_job(session: Session, job_id: str, attempt: int | None, error: dict[str, Any]) -> bool:
+    """Store a structured error and mark the job ``failed``.
+
+    With ``attempt`` None the job is failed whatever its pending state (used before any claim).
+    """
+    conditions = (
+        _held(job_id, attempt)
+        if attempt is not None
+        else (
+            Job.id == job_id,
+            Job.status.in_([s.value for s in (JobStatus.QUEUED, JobStatus.STARTED)]),
+        )
+    )
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(status=JobStatus.FAILED.value, error=error, finished_at=now, heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def pending_jobs(session: Session) -> list[Job]:
+    """Jobs not yet final, oldest first (for recovery after a restart)."""
+    statuses = [JobStatus.QUEUED.value, JobStatus.STARTED.value]
+    return list(session.scalars(select(Job).where(Job.status.in_(statuses)).order_by(Job.id)))
+
+
+def requeue_job(session: Session, job_id: str) -> bool:
+    """Put a ``started`` job back to ``queued`` (its worker is known to be gone)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.STARTED.value)
+        .values(status=JobStatus.QUEUED.value, worker=None, heartbeat_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+@dataclass
+class JobFilter:
+    """History filters; every field is optional and they combine with AND."""
+
+    model: str | None = None
+    status: str | None = None
+    endpoint: str | None = None
+    prompt: str | None = None  # exact prompt of any run
+    prompt_contains: str | None = None  # substring of any run's prompt, case-insensitive
+    tags: list[str] = field(default_factory=list)  # jobs carrying every one of these tags
+    label: str | None = None
+    has_ablations: bool | None = None  # any run ablated (True) / no run ablated (False)
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    owner: str | None = None
+
+
+def _filter_conditions(f: JobFilter) -> list:
+    cond: list = []
+    for column, value in (
+        (Job.model, f.model),
+        (Job.status, f.status),
+        (Job.endpoint, f.endpoint),
+        (Job.label, f.label),
+        (Job.owner, f.owner),
+    ):
+        if value is not None:
+            cond.append(column == value)
+    if f.prompt is not None:
+        cond.append(exists().where(Run.job_id == Job.id, Run.prompt_hash == prompt_hash(f.prompt)))
+    if f.prompt_contains:
+        pattern = (
+            "%"
+            + f.prompt_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            + "%"
+        )
+        cond.append(exists().where(Run.job_id == Job.id, Run.prompt.ilike(pattern, escape="\\")))
+    for tag in f.tags:
+        cond.append(exists().where(JobTag.job_id == Job.id, JobTag.tag == tag))
+    if f.has_ablations is not None:
+        ablated = exists().where(Run.job_id == Job.id, Run.has_ablations.is_(True))
+        cond.append(ablated if f.has_ablations else ~ablated)
+    if f.since is not None:
+        cond.append(Job.created_at >= f.since)
+    if f.until is not None:
+        cond.append(Job.created_at < f.until)
+    return cond
+
+
+def list_jobs(
+    session: Session, f: JobFilter, limit: int = 50, before: str | None = None
+) -> tuple[list[Job], str | None]:
+    """Jobs matching ``f``, newest first, at most ``limit``; and the cursor of the next page.
+
+    Ids sort by creation time, so the cursor is simply the last id shown.
+    """
+    query = select(Job).where(*_filter_conditions(f))
+    if before:
+        query = query.where(Job.id < before)
+    jobs = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    if len(jobs) > limit:
+        return jobs[:limit], jobs[limit - 1].id
+    return jobs, None
