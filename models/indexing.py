@@ -1,0 +1,542 @@
+"""Enumerations of TDB's wire protocol and the tables that describe their members.
+
+Every enum here is a ``StrEnum`` (a ``str`` and an ``Enum``) whose values are exactly TDB's wire
+strings (protocol.md §2), so a member compares equal to its wire value and pydantic accepts only
+the value, never the name. The tables say, per hook point (``LOCATION_INFO``) and per derived
+scalar (``DST_INFO``), the shape of one sequence's tensor, the node type its last axis indexes,
+whether it exists once per model rather than per layer, and whether it needs an autoencoder. The
+API uses them to check indices before a job is queued; the engine uses them to build its
+computations. Pure data: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum, auto
+
+
+class SpecType(StrEnum):
+    ACTIVATIONS_REQUEST_SPEC = "activations_request_spec"
+    DERIVED_SCALARS_REQUEST_SPEC = "derived_scalars_request_spec"
+    DERIVED_ATTENTION_SCALARS_REQUEST_SPEC = "derived_attention_scalars_request_spec"
+    MULTIPLE_TOP_K_DERIVED_SCALARS_REQUEST_SPEC = "multiple_top_k_derived_scalars_request_spec"
+    SCORED_TOKENS_REQUEST_SPEC = "scored_tokens_request_spec"
+    TDB_REQUEST_SPEC = "tdb_request_spec"
+    TOKEN_PAIR_ATTRIBUTION_REQUEST_SPEC = "token_pair_attribution_request_spec"
+
+
+class ProcessingResponseDataType(StrEnum):
+    DERIVED_SCALARS_RESPONSE_DATA = "derived_scalars_response_data"
+    DERIVED_ATTENTION_SCALARS_RESPONSE_DATA = "derived_attention_scalars_response_data"
+    MULTIPLE_TOP_K_DERIVED_SCALARS_RESPONSE_DATA = "multiple_top_k_derived_scalars_response_data"
+    SCORED_TOKENS_RESPONSE_DATA = "scored_tokens_response_data"
+    TOKEN_PAIR_ATTRIBUTION_RESPONSE_DATA = "token_pair_attribution_response_data"
+
+
+class LossFnName(StrEnum):
+    LOGIT_DIFF = "logit_diff"
+    LOGIT_MINUS_MEAN = "logit_minus_mean"
+    PROBS = "probs"
+    ZERO = "zero"
+
+
+class GroupId(StrEnum):
+    """A group of derived scalars whose values are compared with each other (protocol.md §5.5)."""
+
+    ACT_TIMES_GRAD = "act_times_grad"
+    ACTIVATION = "activation"
+    DIRECT_WRITE_TO_GRAD = "direct_write_to_grad"
+    DIRECTION_WRITE = "direction_write"
+    LOGITS = "logits"
+    MLP_LAYER_WRITE = "mlp_layer_write"
+    SINGLETON = "singleton"
+    TOKEN_WRITE = "token_write"
+    TOKEN_READ = "token_read"
+    WRITE_NORM = "write_norm"
+    TOKEN_PAIR_ATTRIBUTION = "token_pair_attribution"
+
+    @property
+    def exclude_bottom_k(self) -> bool:
+        """TDB's "top only" flag. Documentation only: TDB's pipeline never passes it on, so every
+        group gets both its top and its bottom k (protocol.md §2, §5.5.2)."""
+        return self in _TOP_ONLY_GROUPS
+
+
+_TOP_ONLY_GROUPS = frozenset({GroupId.ACTIVATION, GroupId.LOGITS, GroupId.WRITE_NORM})
+
+
+class TensorType(StrEnum):
+    TENSOR_0D = "tensor_0d"
+    TENSOR_1D = "tensor_1d"
+    TENSOR_2D = "tensor_2d"
+    TENSOR_3D = "tensor_3d"
+
+
+class TokenScoringType(StrEnum):
+    UPVOTED_OUTPUT_TOKENS = "upvoted_output_tokens"
+    INPUT_TOKENS_THAT_UPVOTE_MLP = "input_tokens_that_upvote_mlp"
+    INPUT_TOKENS_THAT_UPVOTE_ATTN_Q = "input_tokens_that_upvote_attn_q"
+    INPUT_TOKENS_THAT_UPVOTE_ATTN_K = "input_tokens_that_upvote_attn_k"
+
+
+class ComponentTypeForMlp(StrEnum):
+    NEURON = "neuron"
+    AUTOENCODER_LATENT = "autoencoder_latent"
+
+
+class ComponentTypeForAttention(StrEnum):
+    ATTENTION_HEAD = "attention_head"
+    AUTOENCODER_LATENT = "autoencoder_latent"
+
+
+class AttentionTraceType(StrEnum):
+    Q = "Q"
+    K = "K"
+    QK = "QK"
+    V = "V"
+
+
+class PreOrPostAct(StrEnum):
+    PRE = "pre"
+    POST = "post"
+
+
+class PassType(StrEnum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+class NodeType(StrEnum):
+    """What the last axis of a tensor indexes (engine.md §2.2)."""
+
+    ATTENTION_HEAD = "attention_head"
+    QK_CHANNEL = "qk_channel"
+    V_CHANNEL = "v_channel"
+    MLP_NEURON = "mlp_neuron"
+    AUTOENCODER_LATENT = "autoencoder_latent"
+    MLP_AUTOENCODER_LATENT = "mlp_autoencoder_latent"
+    ATTENTION_AUTOENCODER_LATENT = "attention_autoencoder_latent"
+    AUTOENCODER_LATENT_BY_TOKEN_PAIR = "autoencoder_latent_by_token_pair"
+    LAYER = "layer"
+    RESIDUAL_STREAM_CHANNEL = "residual_stream_channel"
+    VOCAB_TOKEN = "vocab_token"
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return self in _AUTOENCODER_NODE_TYPES
+
+
+_AUTOENCODER_NODE_TYPES = frozenset(
+    {
+        NodeType.AUTOENCODER_LATENT,
+        NodeType.MLP_AUTOENCODER_LATENT,
+        NodeType.ATTENTION_AUTOENCODER_LATENT,
+        NodeType.AUTOENCODER_LATENT_BY_TOKEN_PAIR,
+    }
+)
+
+
+class Dimension(StrEnum):
+    """One axis of a per-sequence tensor (engine.md §2.1)."""
+
+    SEQUENCE_TOKENS = "sequence_tokens"
+    ATTENDED_TO_SEQUENCE_TOKENS = "attended_to_sequence_tokens"
+    MAX_CONTEXT_LENGTH = "max_context_length"
+    RESIDUAL_STREAM_CHANNELS = "residual_stream_channels"
+    VOCAB_SIZE = "vocab_size"
+    ATTN_HEADS = "attn_heads"
+    QUERY_AND_KEY_CHANNELS = "query_and_key_channels"
+    VALUE_CHANNELS = "value_channels"
+    MLP_ACTS = "mlp_acts"
+    LAYERS = "layers"
+    SINGLETON = "singleton"
+    AUTOENCODER_LATENTS = "autoencoder_latents"
+    AUTOENCODER_LATENTS_BY_TOKEN_PAIR = "autoencoder_latents_by_token_pair"
+
+    @property
+    def is_sequence(self) -> bool:
+        """True for the two axes whose size is the prompt's token count."""
+        return self in (Dimension.SEQUENCE_TOKENS, Dimension.ATTENDED_TO_SEQUENCE_TOKENS)
+
+
+class ActivationLocationType(StrEnum):
+    """A hook point of the model (engine.md §1.5)."""
+
+    RESID_POST_EMBEDDING = "resid.post_emb"
+    RESID_DELTA_ATTN = "resid.delta_attn"
+    RESID_POST_ATTN = "resid.post_attn"
+    RESID_DELTA_MLP = "resid.delta_mlp"
+    RESID_POST_MLP = "resid.post_mlp"
+    RESID_POST_MLP_LAYER_NORM = "resid.post_mlp_ln"
+    RESID_POST_ATTN_LAYER_NORM = "resid.post_attn_ln"
+    RESID_POST_FINAL_LAYER_NORM = "resid.post_ln_f"
+    MLP_INPUT_LAYER_NORM_SCALE = "mlp_ln.scale"
+    ATTN_INPUT_LAYER_NORM_SCALE = "attn_ln.scale"
+    RESID_FINAL_LAYER_NORM_SCALE = "resid.ln_f.scale"
+    ATTN_QUERY = "attn.q"
+    ATTN_KEY = "attn.k"
+    ATTN_VALUE = "attn.v"
+    ATTN_QK_LOGITS = "attn.qk_logits"
+    ATTN_QK_PROBS = "attn.qk_probs"
+    ATTN_WEIGHTED_SUM_OF_VALUES = "attn.v_out"
+    MLP_PRE_ACT = "mlp.pre_act"
+    MLP_POST_ACT = "mlp.post_act"
+    LOGITS = "logits"
+    ONLINE_AUTOENCODER_LATENT = "online_autoencoder_latent"
+    ONLINE_MLP_AUTOENCODER_LATENT = "online_mlp_autoencoder_latent"
+    ONLINE_ATTENTION_AUTOENCODER_LATENT = "online_attention_autoencoder_latent"
+    ONLINE_MLP_AUTOENCODER_ERROR = "online_mlp_autoencoder_error"
+    ONLINE_RESIDUAL_MLP_AUTOENCODER_ERROR = "online_residual_mlp_autoencoder_error"
+    ONLINE_RESIDUAL_ATTENTION_AUTOENCODER_ERROR = "online_residual_attention_autoencoder_error"
+
+
+class DerivedScalarType(StrEnum):
+    """The 106 derived scalar types in TDB's declaration order (protocol.md Appendix A).
+
+    Each value is the member's name in lower case (``StrEnum``'s ``auto()``), TDB's own rule.
+    """
+
+    LOGITS = auto()
+    RESID_POST_EMBEDDING = auto()
+    MLP_PRE_ACT = auto()
+    MLP_POST_ACT = auto()
+    RESID_DELTA_MLP = auto()
+    RESID_POST_MLP = auto()
+    ATTN_QUERY = auto()
+    ATTN_KEY = auto()
+    ATTN_VALUE = auto()
+    ATTN_QK_LOGITS = auto()
+    ATTN_QK_PROBS = auto()
+    ATTN_WEIGHTED_SUM_OF_VALUES = auto()
+    RESID_DELTA_ATTN = auto()
+    RESID_POST_ATTN = auto()
+    RESID_FINAL_LAYER_NORM_SCALE = auto()
+    ATTN_INPUT_LAYER_NORM_SCALE = auto()
+    MLP_INPUT_LAYER_NORM_SCALE = auto()
+    ONLINE_AUTOENCODER_LATENT = auto()
+    ATTN_WRITE_NORM = auto()
+    FLATTENED_ATTN_POST_SOFTMAX = auto()
+    ATTN_ACT_TIMES_GRAD = auto()
+    RESID_DELTA_MLP_FROM_MLP_POST_ACT = auto()
+    MLP_WRITE_NORM = auto()
+    MLP_ACT_TIMES_GRAD = auto()
+    AUTOENCODER_LATENT = auto()
+    AUTOENCODER_WRITE_NORM = auto()
+    MLP_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ATTN_WRITE_NORM_PER_SEQUENCE_TOKEN = auto()
+    ATTN_WRITE_TO_FINAL_RESIDUAL_GRAD_PER_SEQUENCE_TOKEN = auto()
+    ATTN_ACT_TIMES_GRAD_PER_SEQUENCE_TOKEN = auto()
+    RESID_POST_EMBEDDING_NORM = auto()
+    RESID_POST_MLP_NORM = auto()
+    MLP_LAYER_WRITE_NORM = auto()
+    RESID_POST_ATTN_NORM = auto()
+    ATTN_LAYER_WRITE_NORM = auto()
+    RESID_POST_EMBEDDING_PROJ_TO_FINAL_RESIDUAL_GRAD = auto()
+    RESID_POST_MLP_PROJ_TO_FINAL_RESIDUAL_GRAD = auto()
+    MLP_LAYER_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    RESID_POST_ATTN_PROJ_TO_FINAL_RESIDUAL_GRAD = auto()
+    ATTN_LAYER_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    UNFLATTENED_ATTN_ACT_TIMES_GRAD = auto()
+    UNFLATTENED_ATTN_WRITE_NORM = auto()
+    UNFLATTENED_ATTN_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ATTN_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ONLINE_AUTOENCODER_ACT_TIMES_GRAD = auto()
+    ONLINE_AUTOENCODER_WRITE_NORM = auto()
+    ONLINE_AUTOENCODER_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ONLINE_MLP_AUTOENCODER_ERROR = auto()
+    ONLINE_RESIDUAL_MLP_AUTOENCODER_ERROR = auto()
+    ONLINE_RESIDUAL_ATTENTION_AUTOENCODER_ERROR = auto()
+    ONLINE_MLP_AUTOENCODER_ERROR_ACT_TIMES_GRAD = auto()
+    ONLINE_MLP_AUTOENCODER_ERROR_WRITE_NORM = auto()
+    ONLINE_MLP_AUTOENCODER_ERROR_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ATTN_WRITE = auto()
+    ATTN_WRITE_SUM_HEADS = auto()
+    MLP_WRITE = auto()
+    ONLINE_AUTOENCODER_WRITE = auto()
+    ATTN_WEIGHTED_VALUE = auto()
+    PREVIOUS_LAYER_RESID_POST_MLP = auto()
+    MLP_WRITE_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+    UNFLATTENED_ATTN_WRITE_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+    ONLINE_AUTOENCODER_WRITE_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+    RESID_POST_EMBEDDING_PROJ_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+    AUTOENCODER_LATENT_GRAD_WRT_RESIDUAL_INPUT = auto()
+    AUTOENCODER_LATENT_GRAD_WRT_MLP_POST_ACT_INPUT = auto()
+    ATTN_WRITE_TO_LATENT = auto()
+    ATTN_WRITE_TO_LATENT_SUMMED_OVER_HEADS = auto()
+    FLATTENED_ATTN_WRITE_TO_LATENT_SUMMED_OVER_HEADS = auto()
+    FLATTENED_ATTN_WRITE_TO_LATENT_SUMMED_OVER_HEADS_BATCHED = auto()
+    ATTN_WRITE_TO_LATENT_PER_SEQUENCE_TOKEN = auto()
+    ATTN_WRITE_TO_LATENT_PER_SEQUENCE_TOKEN_BATCHED = auto()
+    TOKEN_ATTRIBUTION = auto()
+    SINGLE_NODE_WRITE = auto()
+    GRAD_OF_SINGLE_SUBNODE_ATTRIBUTION = auto()
+    ATTN_OUT_EDGE_ATTRIBUTION = auto()
+    MLP_OUT_EDGE_ATTRIBUTION = auto()
+    ONLINE_AUTOENCODER_OUT_EDGE_ATTRIBUTION = auto()
+    ATTN_QUERY_IN_EDGE_ATTRIBUTION = auto()
+    ATTN_KEY_IN_EDGE_ATTRIBUTION = auto()
+    ATTN_VALUE_IN_EDGE_ATTRIBUTION = auto()
+    MLP_IN_EDGE_ATTRIBUTION = auto()
+    ONLINE_AUTOENCODER_IN_EDGE_ATTRIBUTION = auto()
+    TOKEN_OUT_EDGE_ATTRIBUTION = auto()
+    SINGLE_NODE_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    VOCAB_TOKEN_WRITE_TO_INPUT_DIRECTION = auto()
+    ALWAYS_ONE = auto()
+    ATTN_QUERY_IN_EDGE_ACTIVATION = auto()
+    ATTN_KEY_IN_EDGE_ACTIVATION = auto()
+    MLP_IN_EDGE_ACTIVATION = auto()
+    ONLINE_AUTOENCODER_IN_EDGE_ACTIVATION = auto()
+    MLP_AUTOENCODER_LATENT = auto()
+    MLP_AUTOENCODER_WRITE_NORM = auto()
+    ONLINE_MLP_AUTOENCODER_LATENT = auto()
+    ONLINE_MLP_AUTOENCODER_WRITE = auto()
+    ONLINE_MLP_AUTOENCODER_WRITE_NORM = auto()
+    ONLINE_MLP_AUTOENCODER_ACT_TIMES_GRAD = auto()
+    ONLINE_MLP_AUTOENCODER_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ONLINE_MLP_AUTOENCODER_WRITE_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+    ATTENTION_AUTOENCODER_LATENT = auto()
+    ATTENTION_AUTOENCODER_WRITE_NORM = auto()
+    ONLINE_ATTENTION_AUTOENCODER_LATENT = auto()
+    ONLINE_ATTENTION_AUTOENCODER_WRITE = auto()
+    ONLINE_ATTENTION_AUTOENCODER_WRITE_NORM = auto()
+    ONLINE_ATTENTION_AUTOENCODER_ACT_TIMES_GRAD = auto()
+    ONLINE_ATTENTION_AUTOENCODER_WRITE_TO_FINAL_RESIDUAL_GRAD = auto()
+    ONLINE_ATTENTION_AUTOENCODER_WRITE_TO_FINAL_ACTIVATION_RESIDUAL_GRAD = auto()
+
+
+# Axis abbreviations of the tables below (those of protocol.md Appendix A).
+_DIM_ABBREVIATIONS: dict[str, Dimension] = {
+    "S": Dimension.SEQUENCE_TOKENS,
+    "A": Dimension.ATTENDED_TO_SEQUENCE_TOKENS,
+    "D": Dimension.RESIDUAL_STREAM_CHANNELS,
+    "V": Dimension.VOCAB_SIZE,
+    "H": Dimension.ATTN_HEADS,
+    "QK": Dimension.QUERY_AND_KEY_CHANNELS,
+    "VC": Dimension.VALUE_CHANNELS,
+    "M": Dimension.MLP_ACTS,
+    "L": Dimension.AUTOENCODER_LATENTS,
+    "1": Dimension.SINGLETON,
+}
+
+
+@dataclass(frozen=True)
+class LocationInfo:
+    """What a hook point holds for one sequence."""
+
+    dims: tuple[Dimension, ...]
+    node_type: NodeType
+    has_no_layers: bool  # exists once per model: its layerIndex must be null
+    hookable: bool  # False for the three declared layer-norm outputs TDB cannot hook
+    autoencoder: bool  # exists only with an autoencoder loaded
+
+
+@dataclass(frozen=True)
+class DstInfo:
+    """What a derived scalar holds for one sequence (protocol.md Appendix A, engine.md §3)."""
+
+    dims: tuple[Dimension, ...]
+    node_type: NodeType
+    needs_grad_for_forward: bool  # the FORWARD value needs a backward pass (engine.md §3.8)
+    autoencoder: bool  # needs an autoencoder
+    has_no_layers: bool  # keyed by layer None: the request's layerIndex must be null
+
+
+# Columns: wire value, axes, node type, flags (N = no layers, X = not hookable, A = autoencoder).
+_LOCATION_TABLE = """
+resid.post_emb                               S D    residual_stream_channel  N
+resid.delta_attn                             S D    residual_stream_channel  -
+resid.post_attn                              S D    residual_stream_channel  -
+resid.delta_mlp                              S D    residual_stream_channel  -
+resid.post_mlp                               S D    residual_stream_channel  -
+resid.post_mlp_ln                            S D    residual_stream_channel  X
+resid.post_attn_ln                           S D    residual_stream_channel  X
+resid.post_ln_f                              S D    residual_stream_channel  NX
+mlp_ln.scale                                 S 1    layer                    -
+attn_ln.scale                                S 1    layer                    -
+resid.ln_f.scale                             S 1    layer                    N
+attn.q                                       S H QK qk_channel               -
+attn.k                                       A H QK qk_channel               -
+attn.v                                       A H VC v_channel                -
+attn.qk_logits                               S A H  attention_head           -
+attn.qk_probs                                S A H  attention_head           -
+attn.v_out                                   S H VC v_channel                -
+mlp.pre_act                                  S M    mlp_neuron               -
+mlp.post_act                                 S M    mlp_neuron               -
+logits                                       S V    vocab_token              N
+online_autoencoder_latent                    S L    autoencoder_latent       A
+online_mlp_autoencoder_latent                S L    autoencoder_latent       A
+online_attention_autoencoder_latent          S L    autoencoder_latent       A
+online_mlp_autoencoder_error                 S M    mlp_neuron               A
+online_residual_mlp_autoencoder_error        S D    residual_stream_channel  A
+online_residual_attention_autoencoder_error  S D    residual_stream_channel  A
+"""
+
+# Derived scalars keyed by layer None: those computed from resid.post_emb, resid.ln_f.scale or the
+# logits (engine.md §2.3, §3.3, §3.7; token_out_edge_attribution reads resid.post_emb too).
+_DSTS_WITHOUT_LAYERS = frozenset(
+    {
+        "logits",
+        "resid_post_embedding",
+        "resid_final_layer_norm_scale",
+        "resid_post_embedding_norm",
+        "resid_post_embedding_proj_to_final_residual_grad",
+        "resid_post_embedding_proj_to_final_activation_residual_grad",
+        "token_attribution",
+        "token_out_edge_attribution",
+        "vocab_token_write_to_input_direction",
+        "always_one",
+    }
+)
+
+# Columns: wire value, axes, node type, flags (G = forward value needs a backward pass,
+# A = autoencoder). Same rows and order as DerivedScalarType.
+_DST_TABLE = """
+logits                                                                S V       vocab_token                   --
+resid_post_embedding                                                  S D       residual_stream_channel       --
+mlp_pre_act                                                           S M       mlp_neuron                    --
+mlp_post_act                                                          S M       mlp_neuron                    --
+resid_delta_mlp                                                       S D       residual_stream_channel       --
+resid_post_mlp                                                        S D       residual_stream_channel       --
+attn_query                                                            S H QK    qk_channel                    --
+attn_key                                                              A H QK    qk_channel                    --
+attn_value                                                            A H VC    v_channel                     --
+attn_qk_logits                                                        S A H     attention_head                --
+attn_qk_probs                                                         S A H     attention_head                --
+attn_weighted_sum_of_values                                           S H VC    v_channel                     --
+resid_delta_attn                                                      S D       residual_stream_channel       --
+resid_post_attn                                                       S D       residual_stream_channel       --
+resid_final_layer_norm_scale                                          S 1       layer                         --
+attn_input_layer_norm_scale                                           S 1       layer                         --
+mlp_input_layer_norm_scale                                            S 1       layer                         --
+online_autoencoder_latent                                             S L       autoencoder_latent            -A
+attn_write_norm                                                       S H       attention_head                --
+flattened_attn_post_softmax                                           S H       attention_head                --
+attn_act_times_grad                                                   S H       attention_head                G-
+resid_delta_mlp_from_mlp_post_act                                     S D       residual_stream_channel       --
+mlp_write_norm                                                        S M       mlp_neuron                    --
+mlp_act_times_grad                                                    S M       mlp_neuron                    G-
+autoencoder_latent                                                    S L       autoencoder_latent            -A
+autoencoder_write_norm                                                S L       autoencoder_latent            -A
+mlp_write_to_final_residual_grad                                      S M       mlp_neuron                    G-
+attn_write_norm_per_sequence_token                                    S H       attention_head                --
+attn_write_to_final_residual_grad_per_sequence_token                  S H       attention_head                G-
+attn_act_times_grad_per_sequence_token                                S H       attention_head                G-
+resid_post_embedding_norm                                             S 1       layer                         --
+resid_post_mlp_norm                                                   S 1       layer                         --
+mlp_layer_write_norm                                                  S 1       layer                         --
+resid_post_attn_norm                                                  S 1       layer                         --
+attn_layer_write_norm                                                 S 1       layer                         --
+resid_post_embedding_proj_to_final_residual_grad                      S 1       layer                         G-
+resid_post_mlp_proj_to_final_residual_grad                            S 1       layer                         G-
+mlp_layer_write_to_final_residual_grad                                S 1       layer                         G-
+resid_post_attn_proj_to_final_residual_grad                           S 1       layer                         G-
+attn_layer_write_to_final_residual_grad                               S 1       layer                         G-
+unflattened_attn_act_times_grad                                       S A H     attention_head                G-
+unflattened_attn_write_norm                                           S A H     attention_head                --
+unflattened_attn_write_to_final_residual_grad                         S A H     attention_head                G-
+attn_write_to_final_residual_grad                                     S H       attention_head                G-
+online_autoencoder_act_times_grad                                     S L       autoencoder_latent            GA
+online_autoencoder_write_norm                                         S L       autoencoder_latent            -A
+online_autoencoder_write_to_final_residual_grad                       S L       autoencoder_latent            GA
+online_mlp_autoencoder_error                                          S M       mlp_neuron                    -A
+online_residual_mlp_autoencoder_error                                 S D       residual_stream_channel       -A
+online_residual_attention_autoencoder_error                           S D       residual_stream_channel       -A
+online_mlp_autoencoder_error_act_times_grad                           S M       mlp_neuron                    GA
+online_mlp_autoencoder_error_write_norm                               S M       mlp_neuron                    -A
+online_mlp_autoencoder_error_write_to_final_residual_grad             S M       mlp_neuron                    GA
+attn_write                                                            S A H D   residual_stream_channel       --
+attn_write_sum_heads                                                  S A D     residual_stream_channel       --
+mlp_write                                                             S M D     residual_stream_channel       --
+online_autoencoder_write                                              S L D     residual_stream_channel       -A
+attn_weighted_value                                                   S A H VC  v_channel                     --
+previous_layer_resid_post_mlp                                         S D       residual_stream_channel       --
+mlp_write_to_final_activation_residual_grad                           S M       mlp_neuron                    --
+unflattened_attn_write_to_final_activation_residual_grad              S A H     attention_head                --
+online_autoencoder_write_to_final_activation_residual_grad            S L       autoencoder_latent            -A
+resid_post_embedding_proj_to_final_activation_residual_grad           S 1       layer                         --
+autoencoder_latent_grad_wrt_residual_input                            S D       residual_stream_channel       -A
+autoencoder_latent_grad_wrt_mlp_post_act_input                        S M       mlp_neuron                    -A
+attn_write_to_latent                                                  S A H     attention_head                -A
+attn_write_to_latent_summed_over_heads                                S A 1     layer                         -A
+flattened_attn_write_to_latent_summed_over_heads                      S 1       layer                         -A
+flattened_attn_write_to_latent_summed_over_heads_batched              S L       autoencoder_latent            -A
+attn_write_to_latent_per_sequence_token                               S H       attention_head                -A
+attn_write_to_latent_per_sequence_token_batched                       S H L     autoencoder_latent            -A
+token_attribution                                                     S 1       layer                         G-
+single_node_write                                                     S D       residual_stream_channel       --
+grad_of_single_subnode_attribution                                    S D       residual_stream_channel       G-
+attn_out_edge_attribution                                             S A H     attention_head                G-
+mlp_out_edge_attribution                                              S M       mlp_neuron                    G-
+online_autoencoder_out_edge_attribution                               S L       autoencoder_latent            GA
+attn_query_in_edge_attribution                                        S A H     attention_head                G-
+attn_key_in_edge_attribution                                          S A H     attention_head                G-
+attn_value_in_edge_attribution                                        S A H     attention_head                G-
+mlp_in_edge_attribution                                               S M       mlp_neuron                    G-
+online_autoencoder_in_edge_attribution                                S L       autoencoder_latent            GA
+token_out_edge_attribution                                            S 1       layer                         G-
+single_node_write_to_final_residual_grad                              S 1       layer                         G-
+vocab_token_write_to_input_direction                                  S V       vocab_token                   --
+always_one                                                            S 1       layer                         --
+attn_query_in_edge_activation                                         S A H     attention_head                --
+attn_key_in_edge_activation                                           S A H     attention_head                --
+mlp_in_edge_activation                                                S M       mlp_neuron                    --
+online_autoencoder_in_edge_activation                                 S L       autoencoder_latent            -A
+mlp_autoencoder_latent                                                S L       mlp_autoencoder_latent        -A
+mlp_autoencoder_write_norm                                            S L       mlp_autoencoder_latent        -A
+online_mlp_autoencoder_latent                                         S L       mlp_autoencoder_latent        -A
+online_mlp_autoencoder_write                                          S L D     mlp_autoencoder_latent        -A
+online_mlp_autoencoder_write_norm                                     S L       mlp_autoencoder_latent        -A
+online_mlp_autoencoder_act_times_grad                                 S L       mlp_autoencoder_latent        GA
+online_mlp_autoencoder_write_to_final_residual_grad                   S L       mlp_autoencoder_latent        GA
+online_mlp_autoencoder_write_to_final_activation_residual_grad        S L       mlp_autoencoder_latent        -A
+attention_autoencoder_latent                                          S L       attention_autoencoder_latent  -A
+attention_autoencoder_write_norm                                      S L       attention_autoencoder_latent  -A
+online_attention_autoencoder_latent                                   S L       attention_autoencoder_latent  -A
+online_attention_autoencoder_write                                    S L D     attention_autoencoder_latent  -A
+online_attention_autoencoder_write_norm                               S L       attention_autoencoder_latent  -A
+online_attention_autoencoder_act_times_grad                           S L       attention_autoencoder_latent  GA
+online_attention_autoencoder_write_to_final_residual_grad             S L       attention_autoencoder_latent  GA
+online_attention_autoencoder_write_to_final_activation_residual_grad  S L       attention_autoencoder_latent  -A
+"""
+
+
+def _parse_dims(text: str) -> tuple[Dimension, ...]:
+    return tuple(_DIM_ABBREVIATIONS[a] for a in text.split())
+
+
+def _split_row(row: str) -> tuple[str, str, str, str]:
+    """A table row is: value, one or more axis abbreviations, node type, flags."""
+    words = row.split()
+    return words[0], " ".join(words[1:-2]), words[-2], words[-1]
+
+
+def _build_location_info() -> dict[ActivationLocationType, LocationInfo]:
+    table = {}
+    for row in _LOCATION_TABLE.strip().splitlines():
+        value, dims, node_type, flags = _split_row(row)
+        table[ActivationLocationType(value)] = LocationInfo(
+            dims=_parse_dims(dims),
+            node_type=NodeType(node_type),
+            has_no_layers="N" in flags,
+            hookable="X" not in flags,
+            autoencoder="A" in flags,
+        )
+    return table
+
+
+def _build_dst_info() -> dict[DerivedScalarType, DstInfo]:
+    table = {}
+    for row in _DST_TABLE.strip().splitlines():
+        value, dims, node_type, flags = _split_row(row)
+        table[DerivedScalarType(value)] = DstInfo(
+            dims=_parse_dims(dims),
+            node_type=NodeType(node_type),
+            needs_grad_for_forward="G" in flags,
+            autoencoder="A" in flags,
+            has_no_layers=value in _DSTS_WITHOUT_LAYERS,
+        )
+    return table
+
+
+LOCATION_INFO: dict[ActivationLocationType, LocationInfo] = _build_location_info()
+DST_INFO: dict[DerivedScalarType, DstInfo] = _build_dst_info()
