@@ -1,0 +1,99 @@
+"""actq's inference and processing engine: a library, no database, queue or web server.
+
+    model = load_model("tiny-gpt2")            # or a HF-format directory, NAME=DIR, a cached hub id
+    response = run("batched_tdb", request, model)
+
+`run` takes a request in TDB's wire JSON (a parsed dict) and returns the response as wire JSON (a
+dict with TDB's key order); a request the model cannot serve raises a `models.errors.ActqError`
+that names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from models.validation import validate_request
+
+from models import protocol as p
+from models.model_meta import ModelMeta, resolve_model
+from models.tokenizer import Gpt2Tokenizer, load_tokenizer
+
+from .loading import load_state_dict
+from .pipeline import run_batch
+from .weights import GPT2Weights
+
+__all__ = ["LoadedModel", "load_model", "run", "ENDPOINTS"]
+
+# Single-spec routes: request field of the spec -> (internal spec name, response data field).
+SINGLE_ROUTES = {
+    "derived_scalars": ("derived_scalars_request_spec", "derivedScalarsResponseData"),
+    "derived_attention_scalars": (
+        "derived_attention_scalars_request_spec",
+        "derivedAttentionScalarsResponseData",
+    ),
+    "multiple_top_k_derived_scalars": (
+        "multiple_top_k_derived_scalars_request_spec",
+        "multipleTopKDerivedScalarsResponseData",
+    ),
+}
+ENDPOINTS = ("model_info", *SINGLE_ROUTES, "batched", "batched_tdb")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    meta: ModelMeta
+    tokenizer: Gpt2Tokenizer
+    weights: GPT2Weights
+    device: torch.device
+    excluded_ids: list[int]
+
+
+def load_model(name_or_dir: str, device: str | None = None, data_dir=None) -> LoadedModel:
+    """Load a GPT-2-family model once: weights on `device` (default: CUDA if present), tokenizer."""
+    meta = resolve_model(name_or_dir, data_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = load_state_dict(meta, data_dir)
+    weights = GPT2Weights.from_state_dict(
+        state, meta.n_layers, meta.n_heads, meta.layer_norm_epsilon, dev
+    )
+    tokenizer = load_tokenizer(meta)
+    return LoadedModel(meta.name, meta, tokenizer, weights, dev, list(tokenizer.excluded_token_ids()))
+
+
+def model_info(model: LoadedModel) -> dict:
+    return {
+        "modelName": model.name,
+        "hasMlpAutoencoder": False,
+        "mlpAutoencoderName": None,
+        "hasAttentionAutoencoder": False,
+        "attentionAutoencoderName": None,
+        "nLayers": model.meta.n_layers,
+    }
+
+
+def run(endpoint: str, request: dict | None, model: LoadedModel) -> dict:
+    """Answer one TDB request with `model`, exactly as TDB's activation server would."""
+    if endpoint == "model_info":
+        return model_info(model)
+    parsed = p.parse_request(endpoint, request)
+    validate_request(endpoint, parsed, model.meta, model.tokenizer)
+    with torch.inference_mode(False):
+        if endpoint == "batched":
+            return run_batch(list(parsed.inference_sub_requests), model)
+        if endpoint == "batched_tdb":
+            from models.tdb import convert_tdb_request
+
+            subs = [convert_tdb_request(spec) for spec in parsed.sub_requests]
+            return run_batch(subs, model)
+        spec_field, data_field = SINGLE_ROUTES[endpoint]
+        sub = p.InferenceSubRequest(
+            inference_request_spec=parsed.inference_request_spec,
+            processing_request_spec_by_name={spec_field: getattr(parsed, spec_field)},
+        )
+        answer = run_batch([sub], model)["inferenceSubResponses"][0]
+        return {
+            "inferenceAndTokenData": answer["inferenceResponse"]["inferenceAndTokenData"],
+            data_field: answer["processingResponseDataByName"][spec_field],
+        }

@@ -1,0 +1,353 @@
+"""Derived scalar types (DSTs): quantities computed from saved activations, gradients and
+weights after the pass (engine.md §3.2-§3.7).
+
+Each DST is a `DstDef`: which hook points it reads (forward values, gradients), whether it needs
+the gradient direction g, and a function computing its tensor for one sequence at one layer.
+Attention norms and projections factor through the per-head value vectors VO[k, h] = V W_O, so
+no tokens x tokens x heads x d_model tensor is built unless a DST is exactly that tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from models.errors import RequestValidationError, UnsupportedError
+
+from .hooks import SEQUENCE_AXES
+from .tracing import (
+    ATTN,
+    END_OF_PREV_LAYER,
+    MLP,
+    RESID_POST_ATTN,
+    RESID_POST_MLP,
+    TracedNode,
+    residual_gradient,
+)
+from .transformer import layer_norm
+from .weights import GPT2Weights
+
+
+class ElementView:
+    """Read access to one batch row's saved values, cut to its own length, plus cached helpers."""
+
+    def __init__(self, weights: GPT2Weights, hooks, row: int, length: int, trace: TracedNode | None,
+                 fake_grad_index=None):
+        self.weights = weights
+        self.hooks = hooks
+        self.row = row
+        self.T = length
+        self.trace = trace
+        self.fake_grad_index = fake_grad_index
+        self._cache: dict = {}
+
+    def _cut(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x[self.row]
+        for axis in SEQUENCE_AXES[name]:
+            x = x.narrow(axis, 0, min(self.T, x.shape[axis]))
+        return x
+
+    def fwd(self, name: str, layer: int | None) -> torch.Tensor:
+        return self._cut(name, self.hooks.saved[(name, layer)])
+
+    def grad(self, name: str, layer: int | None) -> torch.Tensor:
+        """The gradient at a point; zeros where the backward pass never reached it (§3.1)."""
+        g = self.hooks.grads.get((name, layer))
+        if g is None:
+            return torch.zeros_like(self.fwd(name, layer))
+        return self._cut(name, g)
+
+    def cached(self, key, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    # -- shared intermediate quantities -------------------------------------------------------
+    def vo(self, layer: int) -> torch.Tensor:
+        """VO[k, h, :] = V[k, h, :] W_O[h]  ([T, H, d], no bias)."""
+        return self.cached(("vo", layer), lambda: torch.einsum(
+            "khe,hed->khd", self.fwd("attn.v", layer), self.weights.layers[layer].W_O))
+
+    def vo_norm(self, layer: int) -> torch.Tensor:
+        return self.cached(("vo_norm", layer), lambda: self.vo(layer).norm(dim=-1))
+
+    def head_write(self, layer: int) -> torch.Tensor:
+        """Σ_c Z[q, h, c] W_O[h, c, :]  ([T, H, d])."""
+        return self.cached(("zo", layer), lambda: torch.einsum(
+            "qhe,hed->qhd", self.fwd("attn.v_out", layer), self.weights.layers[layer].W_O))
+
+    def direction(self) -> tuple[torch.Tensor, int, int]:
+        """(g, L_g, loc_g): the residual gradient the write-to-grad DSTs project on (§3.1)."""
+        if self.trace is None:
+            n = self.weights.n_layers
+            return self.grad("resid.post_mlp", n - 1), n - 1, RESID_POST_MLP
+        name, layer = self.trace.residual_key
+        return (self.grad(name, layer),) + self.trace.direction_location
+
+    def activation_direction(self) -> tuple[torch.Tensor, int, int]:
+        """(g̃, L_g, loc_g): the same direction recomputed from forward values alone (§3.6)."""
+        if self.trace is None or self.trace.trace_type == "V":
+            raise RequestValidationError(
+                "final-activation-residual-gradient scalars need a trace config that is not a V trace",
+                "inferenceRequestSpec.traceConfig")
+
+        def compute():
+            name, layer = self.trace.residual_key
+            resid = self.hooks.saved[(name, layer)][self.row]
+            return residual_gradient(self.weights, self.trace, resid)[: self.T]
+
+        return (self.cached("g_tilde", compute),) + self.trace.direction_location
+
+
+def gate(layer: int | None, loc: int, lg: int, loc_g: int) -> bool:
+    """π: does a node at (layer, loc) precede the direction's location?"""
+    return layer is None or layer < lg or (layer == lg and loc < loc_g)
+
+
+def flatten_pairs(x: torch.Tensor) -> torch.Tensor:
+    """[T, T, ...] -> [T(T+1)/2, ...] over k <= q, row-major (§3.4)."""
+    t = x.shape[0]
+    rows, cols = torch.tril_indices(t, t, device=x.device)
+    return x[rows, cols]
+
+
+Fn = Callable[[ElementView, int | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DstDef:
+    layered: bool
+    forward: Fn
+    backward: Fn | None = None
+    points: tuple[str, ...] = ()  # forward values read
+    grad_points: tuple[str, ...] = ()  # gradients read by the forward value
+    backward_grad_points: tuple[str, ...] = ()  # gradients read by the backward value
+    direction: bool = False  # reads g (the real backward pass at the trace/loss location)
+    activation_direction: bool = False  # reads g̃ (recomputed, no backward pass)
+
+    @property
+    def needs_backward_pass(self) -> bool:
+        return bool(self.grad_points) or self.direction
+
+
+def _raw(point: str, layered: bool) -> DstDef:
+    return DstDef(
+        layered=layered,
+        forward=lambda v, layer: v.fwd(point, layer),
+        backward=lambda v, layer: v.grad(point, layer),
+        points=(point,),
+        backward_grad_points=(point,),
+    )
+
+
+RAW = {
+    "logits": ("logits", False),
+    "resid_post_embedding": ("resid.post_emb", False),
+    "mlp_pre_act": ("mlp.pre_act", True),
+    "mlp_post_act": ("mlp.post_act", True),
+    "resid_delta_mlp": ("resid.delta_mlp", True),
+    "resid_post_mlp": ("resid.post_mlp", True),
+    "attn_query": ("attn.q", True),
+    "attn_key": ("attn.k", True),
+    "attn_value": ("attn.v", True),
+    "attn_qk_logits": ("attn.qk_logits", True),
+    "attn_qk_probs": ("attn.qk_probs", True),
+    "attn_weighted_sum_of_values": ("attn.v_out", True),
+    "resid_delta_attn": ("resid.delta_attn", True),
+    "resid_post_attn": ("resid.post_attn", True),
+    "resid_final_layer_norm_scale": ("resid.ln_f.scale", False),
+    "attn_input_layer_norm_scale": ("attn_ln.scale", True),
+    "mlp_input_layer_norm_scale": ("mlp_ln.scale", True),
+}
+
+DSTS: dict[str, DstDef] = {name: _raw(point, layered) for name, (point, layered) in RAW.items()}
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(dim=-1, keepdim=True)
+
+
+def _norm(point: str) -> Fn:
+    return lambda v, layer: v.fwd(point, layer).norm(dim=-1, keepdim=True)
+
+
+def _projection(point: str, loc: int, activation: bool = False) -> Fn:
+    def fn(v: ElementView, layer):
+        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        x = v.fwd(point, layer)
+        if not gate(layer, loc, lg, loc_g):
+            return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        return _dot(x, g)
+
+    return fn
+
+
+def _mlp_write_to_grad(activation: bool) -> Fn:
+    def fn(v: ElementView, layer):
+        post = v.fwd("mlp.post_act", layer)
+        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        if not gate(layer, MLP, lg, loc_g):
+            return torch.zeros_like(post)
+        return post * (g @ v.weights.layers[layer].w_out.T)
+
+    return fn
+
+
+def _attn_write_to_grad(activation: bool) -> Fn:
+    def fn(v: ElementView, layer):
+        probs = v.fwd("attn.qk_probs", layer)
+        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        if not gate(layer, ATTN, lg, loc_g):
+            return torch.zeros_like(probs)
+        return probs * torch.einsum("khd,qd->qkh", v.vo(layer), g)
+
+    return fn
+
+
+def _attn_write_to_grad_per_token(v: ElementView, layer):
+    g, lg, loc_g = v.direction()
+    zo = v.head_write(layer)
+    if not gate(layer, ATTN, lg, loc_g):
+        return torch.zeros(zo.shape[:2], dtype=zo.dtype, device=zo.device)
+    return torch.einsum("qhd,qd->qh", zo, g)
+
+
+def _attn_write_norm(v: ElementView, layer):
+    return v.fwd("attn.qk_probs", layer) * v.vo_norm(layer)[None]
+
+
+def _attn_write_norm_backward(v: ElementView, layer):
+    return v.grad("attn.qk_probs", layer) / v.vo_norm(layer)[None]
+
+
+def _attn_act_times_grad(v: ElementView, layer):
+    return v.fwd("attn.qk_probs", layer) * v.grad("attn.qk_probs", layer)
+
+
+def _previous_resid(grad: bool) -> Fn:
+    def fn(v: ElementView, layer):
+        read = v.grad if grad else v.fwd
+        return read("resid.post_emb", None) if layer == 0 else read("resid.post_mlp", layer - 1)
+
+    return fn
+
+
+def _vocab_token_write_to_input_direction(v: ElementView, layer):
+    index = v.fake_grad_index
+    if index is None or index.location != "mlp.post_act":
+        raise UnsupportedError(
+            "vocab_token_write_to_input_direction needs exactly one ablation spec at mlp.post_act "
+            "(its index names the neuron)", "inferenceRequestSpec.ablationSpecs")
+
+    def compute():
+        lw = v.weights.layers[index.layer]
+        j = index.indices[1]
+        normed = layer_norm(v.weights.W_E, lw.ln2_g, lw.ln2_b, v.weights.ln_eps)
+        return normed @ lw.w_in[:, j] + lw.b_in[j]
+
+    w = v.cached("vocab_input_direction", compute)
+    return w[None].expand(v.T, -1)
+
+
+def _always_one(v: ElementView, layer):
+    return torch.ones(v.T, 1, device=v.weights.W_E.device)
+
+
+DSTS.update({
+    # the TDB node table (§3.3)
+    "resid_post_embedding_norm": DstDef(False, _norm("resid.post_emb"), points=("resid.post_emb",)),
+    "mlp_write_norm": DstDef(
+        True, lambda v, layer: v.fwd("mlp.post_act", layer) * v.weights.w_out_row_norms[layer],
+        points=("mlp.post_act",)),
+    "unflattened_attn_write_norm": DstDef(
+        True, _attn_write_norm, _attn_write_norm_backward, points=("attn.qk_probs", "attn.v"),
+        backward_grad_points=("attn.qk_probs",)),
+    "token_attribution": DstDef(
+        False, lambda v, layer: _dot(v.fwd("resid.post_emb", None), v.grad("resid.post_emb", None)),
+        points=("resid.post_emb",), grad_points=("resid.post_emb",)),
+    "mlp_act_times_grad": DstDef(
+        True, lambda v, layer: v.fwd("mlp.post_act", layer) * v.grad("mlp.post_act", layer),
+        points=("mlp.post_act",), grad_points=("mlp.post_act",)),
+    "unflattened_attn_act_times_grad": DstDef(
+        True, _attn_act_times_grad, points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
+    "resid_post_embedding_proj_to_final_residual_grad": DstDef(
+        False, _projection("resid.post_emb", END_OF_PREV_LAYER), points=("resid.post_emb",),
+        direction=True),
+    "mlp_write_to_final_residual_grad": DstDef(
+        True, _mlp_write_to_grad(False), points=("mlp.post_act",), direction=True),
+    "unflattened_attn_write_to_final_residual_grad": DstDef(
+        True, _attn_write_to_grad(False), points=("attn.qk_probs", "attn.v"), direction=True),
+    "always_one": DstDef(False, _always_one, _always_one),
+    # other attention scalars (§3.4)
+    "attn_write_norm": DstDef(
+        True, lambda v, layer: flatten_pairs(_attn_write_norm(v, layer)),
+        points=("attn.qk_probs", "attn.v")),
+    "flattened_attn_post_softmax": DstDef(
+        True, lambda v, layer: flatten_pairs(v.fwd("attn.qk_probs", layer)), points=("attn.qk_probs",)),
+    "attn_act_times_grad": DstDef(
+        True, lambda v, layer: flatten_pairs(_attn_act_times_grad(v, layer)),
+        points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
+    "attn_write_to_final_residual_grad": DstDef(
+        True, lambda v, layer: flatten_pairs(_attn_write_to_grad(False)(v, layer)),
+        points=("attn.qk_probs", "attn.v"), direction=True),
+    "attn_write_norm_per_sequence_token": DstDef(
+        True, lambda v, layer: v.head_write(layer).norm(dim=-1), points=("attn.v_out",)),
+    "attn_write_to_final_residual_grad_per_sequence_token": DstDef(
+        True, _attn_write_to_grad_per_token, points=("attn.v_out",), direction=True),
+    "attn_act_times_grad_per_sequence_token": DstDef(
+        True, lambda v, layer: _attn_act_times_grad(v, layer).sum(dim=1),
+        points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
+    # layer-level residual scalars (§3.5)
+    "resid_post_mlp_norm": DstDef(True, _norm("resid.post_mlp"), points=("resid.post_mlp",)),
+    "resid_post_attn_norm": DstDef(True, _norm("resid.post_attn"), points=("resid.post_attn",)),
+    "mlp_layer_write_norm": DstDef(True, _norm("resid.delta_mlp"), points=("resid.delta_mlp",)),
+    "attn_layer_write_norm": DstDef(True, _norm("resid.delta_attn"), points=("resid.delta_attn",)),
+    "resid_post_mlp_proj_to_final_residual_grad": DstDef(
+        True, _projection("resid.post_mlp", RESID_POST_MLP), points=("resid.post_mlp",), direction=True),
+    "resid_post_attn_proj_to_final_residual_grad": DstDef(
+        True, _projection("resid.post_attn", RESID_POST_ATTN), points=("resid.post_attn",),
+        direction=True),
+    "mlp_layer_write_to_final_residual_grad": DstDef(
+        True, _projection("resid.delta_mlp", MLP), points=("resid.delta_mlp",), direction=True),
+    "attn_layer_write_to_final_residual_grad": DstDef(
+        True, _projection("resid.delta_attn", ATTN), points=("resid.delta_attn",), direction=True),
+    # write vectors and helpers (§3.6)
+    "attn_weighted_value": DstDef(
+        True, lambda v, layer: v.fwd("attn.qk_probs", layer)[..., None] * v.fwd("attn.v", layer)[None],
+        points=("attn.qk_probs", "attn.v")),
+    "attn_write": DstDef(
+        True, lambda v, layer: v.fwd("attn.qk_probs", layer)[..., None] * v.vo(layer)[None],
+        points=("attn.qk_probs", "attn.v")),
+    "attn_write_sum_heads": DstDef(
+        True, lambda v, layer: torch.einsum("qkh,khd->qkd", v.fwd("attn.qk_probs", layer), v.vo(layer)),
+        points=("attn.qk_probs", "attn.v")),
+    "mlp_write": DstDef(
+        True, lambda v, layer: v.fwd("mlp.post_act", layer)[..., None] * v.weights.layers[layer].w_out,
+        points=("mlp.post_act",)),
+    "resid_delta_mlp_from_mlp_post_act": DstDef(
+        True, lambda v, layer: v.fwd("mlp.post_act", layer) @ v.weights.layers[layer].w_out,
+        points=("mlp.post_act",)),
+    "previous_layer_resid_post_mlp": DstDef(
+        True, _previous_resid(False), _previous_resid(True), points=("resid.post_emb", "resid.post_mlp"),
+        backward_grad_points=("resid.post_emb", "resid.post_mlp")),
+    "mlp_write_to_final_activation_residual_grad": DstDef(
+        True, _mlp_write_to_grad(True), points=("mlp.post_act",), activation_direction=True),
+    "unflattened_attn_write_to_final_activation_residual_grad": DstDef(
+        True, _attn_write_to_grad(True), points=("attn.qk_probs", "attn.v"), activation_direction=True),
+    "resid_post_embedding_proj_to_final_activation_residual_grad": DstDef(
+        False, _projection("resid.post_emb", END_OF_PREV_LAYER, activation=True),
+        points=("resid.post_emb",), activation_direction=True),
+    # special (§3.7)
+    "vocab_token_write_to_input_direction": DstDef(
+        False, _vocab_token_write_to_input_direction, _vocab_token_write_to_input_direction,
+        points=("resid.post_emb",)),
+})
+
+
+def dst_def(name: str, path: str | None = None) -> DstDef:
+    try:
+        return DSTS[name]
+    except KeyError:
+        raise UnsupportedError(f"derived scalar type {name!r} is not supported by this server", path) from None
