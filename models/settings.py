@@ -88,6 +88,7 @@ def broker_transport(url: str) -> tuple[str, dict]:
         "data_folder_out": queue_dir,
         "control_folder": str(folder / "control"),
         "store_processed": False,
+        "polling_interval": 0.1,
     }
 
 

@@ -1,0 +1,149 @@
+"""A small Python client for actq's HTTP API (what the ``actq`` command uses).
+
+client = Client("http://127.0.0.1:8000")
+job = client.submit("batched_tdb", request, tags=["demo"])
+final = client.wait(job["id"])
+response = client.result_json(job["id"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from models.settings import DEFAULT_API_URL
+
+PENDING = ("queued", "started")
+
+
+class ClientError(Exception):
+    """The service answered with an error status; ``body`` is its parsed JSON (or text)."""
+
+    def __init__(self, status: int, body: Any):
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+
+    def __str__(self) -> str:
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        if isinstance(error, dict):
+            where = f" at {error['path']}" if error.get("path") else ""
+            return f"{self.status} {error.get('type')}: {error.get('message')}{where}"
+        return f"{self.status}: {self.body}"
+
+
+def _body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+class Client:
+    def __init__(self, url: str = DEFAULT_API_URL, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def _get(self, path: str, params=None, timeout: float | None = None) -> requests.Response:
+        return self.http.get(self.url + path, params=params, timeout=timeout or self.timeout)
+
+    def _checked(self, response: requests.Response) -> requests.Response:
+        if response.status_code >= 400:
+            raise ClientError(response.status_code, _body(response))
+        return response
+
+    def submit(
+        self,
+        endpoint: str,
+        request: dict | bytes | str | None = None,
+        *,
+        model: str | None = None,
+        label: str | None = None,
+        tags: list[str] | None = None,
+        wait: float | None = None,
+    ) -> dict:
+        """Submit a job; the 202 body (``id``, ``status``, ``url``, ``resultUrl``).
+
+        With ``wait`` and a job that finished in time, the TDB response is returned instead.
+        """
+        params: list[tuple[str, Any]] = [("tag", t) for t in tags or []]
+        for key, value in (("model", model), ("label", label), ("wait", wait)):
+            if value is not None:
+                params.append((key, value))
+        if isinstance(request, dict):
+            data = json.dumps(request).encode()
+        elif isinstance(request, str):
+            data = request.encode()
+        else:
+            data = request or b""
+        response = self.http.post(
+            f"{self.url}/v1/{endpoint}",
+            data=data,
+            params=params,
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout + (wait or 0),
+        )
+        return self._checked(response).json()
+
+    def status(self, job_id: str, wait: float | None = None) -> dict:
+        params = {"wait": wait} if wait else None
+        timeout = self.timeout + (wait or 0)
+        return self._checked(self._get(f"/v1/jobs/{job_id}", params, timeout)).json()
+
+    def result(self, job_id: str, wait: float | None = None) -> tuple[int, bytes]:
+        """(HTTP status, body bytes): 200 and the TDB response, 202 pending, or an error."""
+        params = {"wait": wait} if wait else None
+        response = self._get(f"/v1/jobs/{job_id}/result", params, self.timeout + (wait or 0))
+        if response.status_code == 404:
+            self._checked(response)
+        return response.status_code, response.content
+
+    def result_json(self, job_id: str, wait: float | None = None) -> dict:
+        status, body = self.result(job_id, wait)
+        if status != 200:
+            raise ClientError(status, json.loads(body))
+        return json.loads(body)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[dict, float], None] | None = None,
+        poll: float = 10.0,
+    ) -> dict:
+        """Block until the job is final (long-polling); returns its status body."""
+        start = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - start
+            remaining = None if timeout is None else timeout - elapsed
+            step = poll if remaining is None else max(0.0, min(poll, remaining))
+            job = self.status(job_id, wait=step or None)
+            if on_progress:
+                on_progress(job, time.monotonic() - start)
+            if job["status"] not in PENDING:
+                return job
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+    def history(self, **filters: Any) -> dict:
+        params = []
+        for key, value in filters.items():
+            if value is None:
+                continue
+            values = value if isinstance(value, list | tuple) else [value]
+            params += [(key, str(v).lower() if isinstance(v, bool) else v) for v in values]
+        return self._checked(self._get("/v1/jobs", params)).json()
+
+    def models(self) -> dict:
+        return self._checked(self._get("/v1/models")).json()
+
+    def health(self) -> dict:
+        return self._checked(self._get("/healthz")).json()
+
+    def job_url(self, job_id: str) -> str:
+        return f"{self.url}/v1/jobs/{job_id}"

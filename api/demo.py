@@ -1,0 +1,90 @@
+"""``actq demo``: start the embedded stack, run a clean request and its ablated twin, print where
+their results are, stop. (The comparison of the two is added by the run-comparison feature.)
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import subprocess
+import sys
+import time
+
+from api.client import Client
+
+PROMPT = "Paris is the capital of France, and Berlin is the capital of Germany."
+
+CLEAN = {
+    "subRequests": [
+        {
+            "prompt": PROMPT,
+            "targetTokens": [" Germany"],
+            "distractorTokens": [" France"],
+            "componentTypeForMlp": "neuron",
+            "componentTypeForAttention": "attention_head",
+            "topAndBottomKForNodeTable": 5,
+            "hideEarlyLayersWhenAblating": False,
+            "nodeAblations": None,
+            "upstreamNodeToTrace": None,
+            "downstreamNodeToTrace": None,
+        }
+    ]
+}
+
+
+def ablated_twin(request: dict, layer: int = 1, head: int = 0, token: int = 14) -> dict:
+    """The same request with one attention head zeroed at one token."""
+    twin = copy.deepcopy(request)
+    node = {
+        "nodeType": "attention_head",
+        "tensorIndices": [token, 0, head],
+        "layerIndex": layer,
+        "passType": "forward",
+    }
+    twin["subRequests"][0]["nodeAblations"] = [{"nodeIndex": node, "value": 0.0}]
+    return twin
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(client: Client, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"actq up exited with code {process.returncode}")
+        try:
+            client.health()
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise TimeoutError("the embedded stack did not answer in time")
+
+
+def demo(data_dir: str | None, model: str | None, port: int = 0) -> int:
+    port = port or free_port()
+    command = [sys.executable, "-m", "api.cli", "up", "--port", str(port)]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    if model:
+        command += ["--model", model]
+    process = subprocess.Popen(command)
+    client = Client(f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        wait_healthy(client, process)
+        clean = client.submit("batched_tdb", CLEAN, label="demo: clean", tags=["demo"])
+        twin = client.submit(
+            "batched_tdb", ablated_twin(CLEAN), label="demo: ablated", tags=["demo"]
+        )
+        for name, job in (("clean", clean), ("ablated", twin)):
+            final = client.wait(job["id"], timeout=600)
+            loss = final["runs"][0]["loss"] if final["runs"] else None
+            print(f"{name:8} {final['status']:8} loss {loss}  {client.url}{job['resultUrl']}")
+        print(f"runs to compare: {clean['id']}/0 and {twin['id']}/0")
+        return 0
+    finally:
+        process.terminate()
+        process.wait(30)

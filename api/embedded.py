@@ -1,0 +1,143 @@
+"""The embedded stack behind ``actq up``: SQLite, a serverless broker, the API and one worker.
+
+Everything lives in the data dir: ``actq.db`` (SQLite, WAL mode) and ``broker/`` (kombu's
+filesystem transport, chosen over the SQLAlchemy transport because it needs no extra tables and
+moves a message atomically from the queue folder; unacknowledged messages go back to the queue
+when the worker shuts down cleanly). A message held by a worker that was killed is lost with
+this transport, so at start ``actq up`` puts back every job that is still pending: ``started``
+jobs (their worker is gone, since this is the only one) return to ``queued``, and every ``queued``
+job is published again; the claim step makes a duplicate harmless.
+
+The API runs in this process (a threaded WSGI server), the worker as a child process
+(``actq worker`` with the solo pool) with the same settings in its environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+import migrations
+from models.db import make_engine, make_sessionmaker
+from models.jobs import JobStatus
+from models.settings import Settings
+from models.store import pending_jobs, requeue_job
+
+log = logging.getLogger(__name__)
+
+
+def embedded_settings(data_dir: str | Path | None, model: str | None) -> Settings:
+    """Settings of the embedded mode: URLs inside the data dir, whatever the environment says."""
+    base = Settings()
+    data = Path(data_dir).expanduser().resolve() if data_dir else base.data_path().resolve()
+    return base.model_copy(
+        update={
+            "data_dir": data,
+            "database_url": f"sqlite:///{data / 'actq.db'}",
+            "broker_url": f"filesystem://{data / 'broker'}",
+            "model": model or base.model,
+            "models": None,
+        }
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see ``settings``."""
+    env = dict(os.environ)
+    env.update(
+        ACTQ_DATA_DIR=str(settings.data_path()),
+        ACTQ_DATABASE_URL=settings.database(),
+        ACTQ_BROKER_URL=settings.broker(),
+        ACTQ_MODEL=settings.model,
+    )
+    env.pop("ACTQ_MODELS", None)
+    if settings.device:
+        env["ACTQ_DEVICE"] = settings.device
+    return env
+
+
+def recover_pending(settings: Settings, publish) -> int:
+    """Requeue jobs left started by a dead worker and publish every queued job again."""
+    engine = make_engine(settings.database())
+    sessions = make_sessionmaker(engine)
+    try:
+        with sessions.begin() as session:
+            jobs = pending_jobs(session)
+            for job in jobs:
+                if job.status == JobStatus.STARTED:
+                    requeue_job(session, job.id)
+        for job in jobs:
+            publish(job.id, job.model)
+        return len(jobs)
+    finally:
+        engine.dispose()
+
+
+def start_worker(settings: Settings) -> subprocess.Popen:
+    command = [sys.executable, "-m", "api.cli", "worker", "--pool", "solo"]
+    return subprocess.Popen(command, env=settings_env(settings))
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    """Run the embedded stack in the foreground until interrupted; returns an exit code."""
+    from api.app import create_app
+    from api.queue import make_producer
+    from models.jobs import TASK_NAME, queue_name
+
+    data = settings.data_path()
+    data.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.database())
+    producer = make_producer(settings)
+
+    def publish(job_id: str, model: str) -> None:
+        producer.send_task(TASK_NAME, args=[job_id], queue=queue_name(model))
+
+    recovered = recover_pending(settings, publish)
+    if recovered:
+        print(f"actq: {recovered} pending job(s) put back in the queue", file=sys.stderr)
+    app = create_app(settings)
+    server = make_server(host, port, app, threaded=True)
+    worker = start_worker(settings)
+    stopping = threading.Event()
+
+    def shutdown(*_args) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    def watch_worker() -> None:
+        worker.wait()
+        if not stopping.is_set():
+            print(f"actq: the worker exited with code {worker.returncode}", file=sys.stderr)
+            shutdown()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    threading.Thread(target=watch_worker, daemon=True).start()
+    url = f"http://{host}:{server.server_port}"
+    print(f"actq: serving {settings.model} at {url} (data in {data}); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        stopping.set()
+        _stop(worker)
+        server.server_close()
+    return 0 if worker.returncode in (0, -signal.SIGTERM) else 1

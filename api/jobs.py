@@ -1,0 +1,186 @@
+"""The job routes under ``/v1``: submit, status, result, history.
+
+``POST /v1/<endpoint>`` answers ``202`` with the job's id and URLs (``Location`` too), or with
+``?wait=S`` the TDB response itself if the job finished within S seconds. ``GET /v1/jobs/<id>``
+is the job's status, ``GET /v1/jobs/<id>/result`` the stored TDB response byte for byte (``202``
+while pending, the stored error with its status if it failed), ``GET /v1/jobs`` the history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, jsonify, request
+
+from api.database import get_session
+from api.schemas import JobList, accepted, job_view
+from api.submission import submit, wait_cap, wait_for
+from models.errors import NotFoundError, RequestValidationError
+from models.jobs import ENDPOINTS, JobStatus
+from models.records import Job
+from models.store import JobFilter, get_job, list_jobs, response_bytes
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1")
+
+RETRY_AFTER_SECONDS = "1"
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+def query_float(name: str, default: float | None = None) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestValidationError(f"{name} must be a number of seconds", name) from None
+    if not value >= 0 or value == float("inf"):
+        raise RequestValidationError(f"{name} must be a finite number >= 0", name)
+    return value
+
+
+def job_tags() -> list[str]:
+    tags = request.args.getlist("tag")
+    header = request.headers.get("X-Actq-Tags")
+    if header:
+        tags += [t.strip() for t in header.split(",") if t.strip()]
+    return tags
+
+
+def job_label() -> str | None:
+    return request.args.get("label") or request.headers.get("X-Actq-Label")
+
+
+def result_response(job: Job) -> Response:
+    """The stored outcome of a final job: the TDB response, or the stored error."""
+    if job.status == JobStatus.FINISHED:
+        return Response(response_bytes(job), status=200, mimetype="application/json")
+    error = dict(job.error or {})
+    if job.status == JobStatus.CANCELED:
+        error = {"type": "canceled", "message": "the job was canceled", "status": 409}
+    body = {"error": {k: error.get(k) for k in ("type", "message", "path")}}
+    return jsonify(body), int(error.get("status") or 500)
+
+
+def pending_response(job: Job) -> Response:
+    response = jsonify(job_view(job).body())
+    response.status_code = 202
+    response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+@bp.post("/<endpoint>")
+def submit_job(endpoint: str):
+    if endpoint not in ENDPOINTS:
+        raise NotFoundError(f"unknown endpoint {endpoint!r}; expected one of {list(ENDPOINTS)}")
+    wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
+    job = submit(endpoint, request.get_data(), request.args.get("model"), job_label(), job_tags())
+    if wait > 0:
+        job = wait_for(job.id, wait) or job
+        if JobStatus(job.status).is_final:
+            return result_response(job)
+    response = jsonify(accepted(job).body())
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+def _find(job_id: str) -> Job:
+    job = get_job(get_session(), job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r}", path="id")
+    return job
+
+
+@bp.get("/jobs/<job_id>")
+def job_status(job_id: str):
+    job = _find(job_id)
+    wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
+    if wait > 0 and not JobStatus(job.status).is_final:
+        job = wait_for(job_id, wait) or job
+    response = jsonify(job_view(job).body())
+    if not JobStatus(job.status).is_final:
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+@bp.get("/jobs/<job_id>/result")
+def job_result(job_id: str):
+    job = _find(job_id)
+    wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
+    if wait > 0 and not JobStatus(job.status).is_final:
+        job = wait_for(job_id, wait) or job
+    if JobStatus(job.status).is_final:
+        return result_response(job)
+    return pending_response(job)
+
+
+def _choice(name: str, allowed) -> str | None:
+    value = request.args.get(name)
+    if value is not None and value not in allowed:
+        raise RequestValidationError(f"{name} must be one of {sorted(allowed)}", name)
+    return value
+
+
+def _time(name: str) -> dt.datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise RequestValidationError(f"{name} must be an ISO 8601 time", name) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _bool(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise RequestValidationError(f"{name} must be true or false", name)
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(DEFAULT_PAGE))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise RequestValidationError(f"limit must be an integer from 1 to {MAX_PAGE}", "limit")
+    return int(raw)
+
+
+def history_filter() -> JobFilter:
+    return JobFilter(
+        model=request.args.get("model"),
+        status=_choice("status", {s.value for s in JobStatus}),
+        endpoint=_choice("endpoint", set(ENDPOINTS)),
+        prompt=request.args.get("prompt"),
+        prompt_contains=request.args.get("promptContains"),
+        tags=request.args.getlist("tag"),
+        label=request.args.get("label"),
+        has_ablations=_bool("hasAblations"),
+        since=_time("since"),
+        until=_time("until"),
+    )
+
+
+@bp.get("/jobs")
+def history():
+    f = history_filter()
+    limit = _limit()
+    jobs, cursor = list_jobs(get_session(), f, limit=limit, before=request.args.get("cursor"))
+    next_url = None
+    if cursor:
+        args = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
+        next_url = "/v1/jobs?" + urlencode([*args, ("cursor", cursor)])
+    page = JobList(jobs=[job_view(job) for job in jobs], next_cursor=cursor, next=next_url)
+    return jsonify(page.body())

@@ -1,0 +1,184 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models of the wire protocol and the API.
+
+Request bodies reference the protocol's request models, TDB responses its response models, and the
+job bodies the models of ``api.schemas``; one path entry per route. Built once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import ErrorBody, Health, JobAccepted, JobList, JobView, ModelList
+from models.jobs import ENDPOINTS, JobStatus
+from models.protocol import REQUEST_MODELS, RESPONSE_MODELS
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _schemas() -> tuple[dict[tuple, dict], dict[str, Any]]:
+    inputs = [(m, "validation") for m in REQUEST_MODELS.values()]
+    outputs = [(m, "serialization") for m in RESPONSE_MODELS.values()]
+    ours = [
+        (m, "serialization") for m in (ErrorBody, Health, JobAccepted, JobList, JobView, ModelList)
+    ]
+    keys, top = models_json_schema(inputs + outputs + ours, ref_template=REF, by_alias=True)
+    return keys, top.get("$defs", {})
+
+
+def _param(name: str, schema: dict, where: str = "query", description: str = "", required=False):
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+ERRORS = {
+    "400": _json(_ref("ErrorBody"), "the model cannot serve this request"),
+    "404": _json(_ref("ErrorBody"), "unknown model or route"),
+    "413": _json(_ref("ErrorBody"), "request body too large"),
+    "422": _json(_ref("ErrorBody"), "the body does not parse; `path` names the field"),
+    "503": _json(_ref("ErrorBody"), "the job queue is unavailable; retry later"),
+}
+
+
+def _submit_path(endpoint: str, keys: dict) -> dict:
+    params = [
+        _param("model", {"type": "string"}, description="served model name (default: the first)"),
+        _param(
+            "wait", {"type": "number", "minimum": 0}, description="seconds to wait for the result"
+        ),
+        _param("label", {"type": "string", "maxLength": 200}),
+        _param("tag", {"type": "array", "items": {"type": "string", "maxLength": 100}}),
+    ]
+    op: dict[str, Any] = {
+        "operationId": f"submit-{endpoint}",
+        "summary": f"Submit a {endpoint} job",
+        "parameters": params,
+        "responses": {
+            "202": _json(_ref("JobAccepted"), "queued; poll `url`"),
+            "200": _json(_resp_schema(endpoint, keys), "finished within `wait`: the TDB response"),
+            **ERRORS,
+        },
+    }
+    if endpoint in REQUEST_MODELS:
+        body = keys[(REQUEST_MODELS[endpoint], "validation")]
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return {"post": op}
+
+
+def _resp_schema(endpoint: str, keys: dict) -> dict:
+    return keys[(RESPONSE_MODELS[endpoint], "serialization")]
+
+
+def _tdb_path(endpoint: str, keys: dict) -> dict:
+    op: dict[str, Any] = {
+        "operationId": f"inference-{endpoint}",
+        "summary": f"TDB-compatible {endpoint}: waits and answers as TDB's server",
+        "parameters": [_param("model", {"type": "string"})],
+        "responses": {"200": _json(_resp_schema(endpoint, keys), "the TDB response"), **ERRORS},
+    }
+    if endpoint in REQUEST_MODELS:
+        body = keys[(REQUEST_MODELS[endpoint], "validation")]
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return {"post": op}
+
+
+def _job_paths() -> dict:
+    job_id = _param("id", {"type": "string"}, where="path", required=True)
+    wait = _param("wait", {"type": "number", "minimum": 0})
+    statuses = [s.value for s in JobStatus]
+    history = [
+        _param("model", {"type": "string"}),
+        _param("status", {"type": "string", "enum": statuses}),
+        _param("endpoint", {"type": "string", "enum": list(ENDPOINTS)}),
+        _param("prompt", {"type": "string"}, description="exact prompt of a run"),
+        _param("promptContains", {"type": "string"}, description="substring of a run's prompt"),
+        _param("tag", {"type": "array", "items": {"type": "string"}}),
+        _param("label", {"type": "string"}),
+        _param("hasAblations", {"type": "boolean"}),
+        _param("since", {"type": "string", "format": "date-time"}),
+        _param("until", {"type": "string", "format": "date-time"}),
+        _param("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+        _param("cursor", {"type": "string"}),
+    ]
+    not_found = {"404": ERRORS["404"], "422": ERRORS["422"]}
+    return {
+        "/v1/jobs": {
+            "get": {
+                "operationId": "list-jobs",
+                "parameters": history,
+                "responses": {"200": _json(_ref("JobList"), "newest first"), "422": ERRORS["422"]},
+            }
+        },
+        "/v1/jobs/{id}": {
+            "get": {
+                "operationId": "get-job",
+                "parameters": [job_id, wait],
+                "responses": {"200": _json(_ref("JobView"), "the job"), **not_found},
+            }
+        },
+        "/v1/jobs/{id}/result": {
+            "get": {
+                "operationId": "get-job-result",
+                "parameters": [job_id, wait],
+                "responses": {
+                    "200": {
+                        "description": "the TDB response, exactly as TDB writes it",
+                        "content": {"application/json": {"schema": {}}},
+                    },
+                    "202": _json(_ref("JobView"), "still pending"),
+                    **not_found,
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "list-models",
+                "responses": {"200": _json(_ref("ModelList"), "served models")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "responses": {
+                    "200": _json(_ref("Health"), "alive"),
+                    "503": _json(_ref("Health"), "database unreachable"),
+                },
+            }
+        },
+    }
+
+
+@functools.cache
+def openapi_document() -> dict:
+    keys, components = _schemas()
+    paths: dict[str, Any] = {}
+    for endpoint in ENDPOINTS:
+        paths[f"/v1/{endpoint}"] = _submit_path(endpoint, keys)
+    for endpoint in ENDPOINTS:
+        paths[f"/{endpoint}"] = _tdb_path(endpoint, keys)
+    paths.update(_job_paths())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "actq",
+            "version": "1",
+            "description": "Asynchronous activation server speaking TDB's wire protocol.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,171 @@
+"""The API's own JSON bodies (jobs, lists, errors) as pydantic models, camelCase on the wire.
+
+The views build their answers through these models and ``/openapi.json`` documents them from the
+same classes, so the document cannot drift from what the routes send.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from models.records import Job, Run
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True
+    )
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ErrorDetail(ApiModel):
+    type: str
+    message: str
+    path: str | None = None
+
+
+class ErrorBody(ApiModel):
+    error: ErrorDetail
+
+
+class Links(ApiModel):
+    self_: str = Field(alias="self")
+    result: str
+
+
+class RunView(ApiModel):
+    index: int
+    address: str = Field(description="JOB/N: how this run is named in comparisons")
+    prompt: str
+    target_tokens: list[str] | None = None
+    distractor_tokens: list[str] | None = None
+    has_ablations: bool
+    loss: float | None = None
+
+
+class JobAccepted(ApiModel):
+    id: str
+    status: str
+    url: str
+    result_url: str
+
+
+class JobView(ApiModel):
+    id: str
+    status: str
+    endpoint: str
+    model: str
+    model_revision: str | None = None
+    label: str | None = None
+    tags: list[str] = []
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    queued_seconds: float | None = Field(None, description="from creation to the last start")
+    run_seconds: float | None = Field(None, description="from the last start to the end")
+    engine_seconds: float | None = None
+    attempts: int
+    worker: str | None = None
+    error: ErrorDetail | None = None
+    cache_of: str | None = None
+    runs: list[RunView] = []
+    url: str
+    result_url: str
+    links: Links
+
+
+class JobList(ApiModel):
+    jobs: list[JobView]
+    next_cursor: str | None = None
+    next: str | None = Field(None, description="URL of the next page, when there is one")
+
+
+class ModelView(ApiModel):
+    name: str
+    revision: str | None = None
+    source: str
+    queue: str
+    default: bool
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_mlp: int
+    n_ctx: int
+    vocab_size: int
+
+
+class ModelList(ApiModel):
+    models: list[ModelView]
+    unavailable: dict[str, str] = Field(
+        default_factory=dict, description="configured models that cannot be served, and why"
+    )
+
+
+class Health(ApiModel):
+    status: str
+    database: str
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 6)
+
+
+def job_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def run_view(run: Run) -> RunView:
+    return RunView(
+        index=run.index,
+        address=run.address,
+        prompt=run.prompt,
+        target_tokens=run.target_tokens,
+        distractor_tokens=run.distractor_tokens,
+        has_ablations=run.has_ablations,
+        loss=run.loss,
+    )
+
+
+def job_view(job: Job) -> JobView:
+    url = job_url(job.id)
+    error = None
+    if job.error:
+        error = ErrorDetail(
+            type=job.error.get("type", "error"),
+            message=job.error.get("message", ""),
+            path=job.error.get("path"),
+        )
+    return JobView(
+        id=job.id,
+        status=job.status,
+        endpoint=job.endpoint,
+        model=job.model,
+        model_revision=job.model_revision,
+        label=job.label,
+        tags=list(job.tags or []),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        queued_seconds=_seconds(job.created_at, job.started_at),
+        run_seconds=_seconds(job.started_at, job.finished_at),
+        engine_seconds=job.engine_seconds,
+        attempts=job.attempts,
+        worker=job.worker,
+        error=error,
+        cache_of=job.cache_of,
+        runs=[run_view(run) for run in job.runs],
+        url=url,
+        result_url=f"{url}/result",
+        links=Links(self_=url, result=f"{url}/result"),
+    )
+
+
+def accepted(job: Job) -> JobAccepted:
+    url = job_url(job.id)
+    return JobAccepted(id=job.id, status=job.status, url=url, result_url=f"{url}/result")

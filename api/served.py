@@ -1,0 +1,78 @@
+"""The models this API accepts jobs for, with the metadata and tokenizer that validation needs.
+
+Both are light (a config file and a BPE vocabulary; no torch). Each model is resolved on first
+use and kept for the life of the process. The first configured model is the default.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+
+from models.errors import ActqError, NotFoundError
+from models.model_meta import ModelMeta, resolve_model
+from models.tokenizer import load_tokenizer
+
+
+@dataclass
+class ServedModel:
+    meta: ModelMeta
+    tokenizer: Any
+
+
+class ServedModels:
+    def __init__(self, specs: list[str], data_dir):
+        self.specs = specs
+        self.data_dir = data_dir
+        self._by_name: dict[str, ServedModel] = {}
+        self.errors: dict[str, str] = {}  # spec -> why it cannot be served
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def _load_all(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            for spec in self.specs:
+                try:
+                    meta = resolve_model(spec, self.data_dir)
+                    self._by_name[meta.name] = ServedModel(meta, load_tokenizer(meta))
+                except ActqError as error:
+                    self.errors[spec] = error.message
+            self._loaded = True
+
+    def names(self) -> list[str]:
+        self._load_all()
+        return list(self._by_name)
+
+    def get(self, name: str | None) -> ServedModel:
+        """The served model called ``name`` (the default one when None)."""
+        self._load_all()
+        if name is None:
+            if not self._by_name:
+                problems = "; ".join(f"{k}: {v}" for k, v in self.errors.items())
+                raise NotFoundError(f"no model can be served: {problems}", path="model")
+            return next(iter(self._by_name.values()))
+        served = self._by_name.get(name)
+        if served is None:
+            raise NotFoundError(
+                f"model {name!r} is not served here; served: {', '.join(self._by_name)}",
+                path="model",
+            )
+        return served
+
+    def all(self) -> list[ServedModel]:
+        self._load_all()
+        return list(self._by_name.values())
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["ACTQ_SETTINGS"]
+    app.extensions["actq.models"] = ServedModels(settings.served_models(), settings.data_path())
+
+
+def served_models() -> ServedModels:
+    return current_app.extensions["actq.models"]

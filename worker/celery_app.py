@@ -1,0 +1,46 @@
+"""The Celery app of a worker: one model per worker, one queue per model, late acks.
+
+``create_celery(settings)`` configures the app from ``models.settings.celery_config`` (the same
+broker settings the API publishes with) and registers ``actq.run_job``. The worker listens on
+``actq.<model name>`` only, takes one message at a time (prefetch 1) and acknowledges it after the
+job's outcome is stored, so a worker that dies mid-job leaves the message to the broker: Redis
+delivers it again after ``visibility_timeout``, and the claim step decides whether it runs again
+(see ``worker.tasks``). Results are ignored; the jobs table is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from models.jobs import queue_name
+from models.settings import Settings, celery_config, ensure_broker_folders
+
+log = logging.getLogger(__name__)
+
+
+def create_celery(settings: Settings, model_name: str) -> Celery:
+    """A Celery app for a worker that serves ``model_name`` (tasks registered, queue routed)."""
+    from worker import tasks
+
+    ensure_broker_folders(settings.broker())
+    app = Celery("actq-worker", set_as_current=True)
+    app.conf.update(celery_config(settings))
+    app.conf.update(
+        task_default_queue=queue_name(model_name),
+        task_create_missing_queues=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    tasks.configure(settings)
+    tasks.register(app)
+    return app
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs) -> None:
+    """A forked pool process must not share its parent's database connections."""
+    from worker import tasks
+
+    tasks.dispose_connections()
