@@ -120,7 +120,7 @@ def run_pass(
             loss = plan.loss(logits[row]) if plan.loss is not None else None
             losses.append(_finite_or_none(loss))
             scalar = _trace_scalar(weights, plan, row, hooks) if plan.trace is not None else None
-            traced.append(None if scalar is None else float(scalar))
+            traced.append(None if scalar is None else float(scalar.detach()))
             seed = scalar if scalar is not None else loss
             if seed is not None and seed.requires_grad:
                 seeds.append(seed)
@@ -136,7 +136,7 @@ def run_pass(
 def _finite_or_none(loss: torch.Tensor | None) -> float | None:
     if loss is None:
         return None
-    value = float(loss)
+    value = float(loss.detach())
     return None if math.isnan(value) else value
 
 

@@ -1,0 +1,196 @@
+"""Engine timing and memory against the plain Hugging Face forward+backward floor.
+
+Builds a gpt2-small-sized random model (12 layers, d_model 768; GPT2Config, no download) in a
+temporary directory, then for 20 and 60 prompt tokens prints, per request kind:
+  * the engine's time per request (min / median / max of 5 after one warm-up),
+  * the plain HF GPT2LMHeadModel forward+backward time of the same batch in the same process,
+  * the ratio engine / floor,
+  * peak resident memory while serving, against the memory of the loaded model alone.
+Each (kind, length) runs in its own subprocess so that peak-memory readings do not mix.
+
+    python benchmarks/engine.py [--tokens 20 60] [--repeats 5] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import gc
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_model(directory: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from models.tokenizer import builtin_vocab_files
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    vocab, merges = builtin_vocab_files()
+    (directory / "vocab.json").write_bytes(Path(vocab).read_bytes())
+    (directory / "merges.txt").write_bytes(Path(merges).read_bytes())
+
+
+def prompt_of(tokenizer, n: int) -> str:
+    words = (" the cat sat on a mat and looked at the dog while it rained outside" * 20).split(" ")
+    text = "Once"
+    for word in words:
+        if len(tokenizer.encode(text)) >= n:
+            break
+        if word:
+            text += " " + word
+    assert len(tokenizer.encode(text)) == n, (n, len(tokenizer.encode(text)))
+    return text
+
+
+def node_table_request(prompt: str) -> dict:
+    groups = {
+        "write_norm": ["resid_post_embedding_norm", "mlp_write_norm", "unflattened_attn_write_norm"],
+        "act_times_grad": ["token_attribution", "mlp_act_times_grad", "unflattened_attn_act_times_grad"],
+        "direction_write": [
+            "resid_post_embedding_proj_to_final_residual_grad",
+            "mlp_write_to_final_residual_grad",
+            "unflattened_attn_write_to_final_residual_grad",
+        ],
+        "activation": ["always_one", "mlp_post_act", "attn_qk_probs"],
+    }
+    return {
+        "inferenceRequestSpec": {
+            "prompt": prompt,
+            "lossFnConfig": {"name": "logit_diff", "targetTokens": [" mat"], "distractorTokens": [" dog"]},
+        },
+        "multipleTopKDerivedScalarsRequestSpec": {"dstListByGroupId": groups, "topAndBottomK": 10},
+    }
+
+
+def tdb_request(prompt: str) -> dict:
+    base = {
+        "prompt": prompt, "targetTokens": [" mat"], "distractorTokens": [" dog"],
+        "componentTypeForMlp": "neuron", "componentTypeForAttention": "attention_head",
+        "topAndBottomKForNodeTable": 10, "hideEarlyLayersWhenAblating": False,
+    }
+    ablation = {"nodeIndex": {"nodeType": "mlp_neuron", "tensorIndices": [2, 100], "layerIndex": 3,
+                              "passType": "forward"}, "value": 0.0}
+    return {"subRequests": [dict(base, nodeAblations=[ablation]), dict(base, nodeAblations=[])]}
+
+
+KINDS = {
+    "multiple_top_k_derived_scalars": (node_table_request, 1),
+    "batched_tdb": (tdb_request, 2),
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Polls the resident set size in a thread: the peak while serving, not while loading."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str) -> dict:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from worker.engine import load_model, run
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(model_dir, device)
+    gc.collect()
+    loaded = rss_bytes()
+    param_bytes = 4 * (model.weights.W_E.numel() + model.weights.W_P.numel() + sum(
+        sum(v.numel() for v in vars(lw).values() if hasattr(v, "numel")) for lw in model.weights.layers))
+    make, batch = KINDS[kind]
+    request = make(prompt_of(model.tokenizer, n_tokens))
+    times = []
+    with PeakRss() as rss:
+        run(kind, request, model)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            response = run(kind, request, model)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    peak = rss.peak
+    json_bytes = len(json.dumps(response, separators=(",", ":")).encode())
+    del model
+    hf = GPT2LMHeadModel.from_pretrained(model_dir).to(device)
+    tokens = torch.randint(0, 50000, (batch, n_tokens), device=device)
+    floor = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        logits = hf(tokens).logits
+        (logits[:, -1, 100] - logits[:, -1, 200]).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            floor.append(time.perf_counter() - start)
+        hf.zero_grad(set_to_none=True)
+    return {"kind": kind, "tokens": n_tokens, "times": times, "floor": floor, "loaded_rss": loaded,
+            "peak_rss": peak, "param_bytes": param_bytes, "response_bytes": json_bytes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[20, 60])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        model_dir, kind, n = args.child
+        print(json.dumps(measure(model_dir, kind, int(n), args.repeats, args.device)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "gpt2-small-random"
+        build_model(model_dir)
+        print(f"gpt2-small-sized random model, device {args.device}, {os.cpu_count()} CPU threads")
+        header = f"{'request':32} {'tokens':>6} {'min':>7} {'median':>7} {'max':>7} {'HF f+b':>7} {'ratio':>6} {'model MB':>9} {'loaded RSS':>10} {'peak RSS':>9} {'JSON KB':>8}"
+        print(header)
+        for kind in args.kinds:
+            for n in args.tokens:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--repeats", str(args.repeats), "--device", args.device,
+                     "--child", str(model_dir), kind, str(n)],
+                    check=True, capture_output=True, text=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                med, floor = statistics.median(r["times"]), statistics.median(r["floor"])
+                print(f"{kind:32} {n:6d} {min(r['times']):7.3f} {med:7.3f} {max(r['times']):7.3f} "
+                      f"{floor:7.3f} {med / floor:6.2f} {r['param_bytes'] / 2**20:9.0f} "
+                      f"{r['loaded_rss'] / 2**20:10.0f} {r['peak_rss'] / 2**20:9.0f} {r['response_bytes'] / 1024:8.0f}")
+        print("times in seconds; ratio = engine median / HF forward+backward median; RSS in MiB")
+
+
+if __name__ == "__main__":
+    main()
