@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -26,9 +27,24 @@ from models.runs import canonical_json, describe_runs, prompt_hash
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last_id = [0, 0]  # (milliseconds, random part) of the last id made by this process
+_id_lock = threading.Lock()
+
+
 def new_job_id() -> str:
-    """A 26-character, URL-safe, time-sortable id (48-bit milliseconds + 80 random bits)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    """A 26-character, URL-safe, time-sortable id (48-bit milliseconds + 80 random bits).
+
+    Within one process ids strictly increase, even within a millisecond (the random part of a
+    later id is the previous one plus one, as in monotonic ULIDs).
+    """
+    with _id_lock:
+        millis = int(time.time() * 1000)
+        if millis <= _last_id[0]:
+            millis, rand = _last_id[0], _last_id[1] + 1
+        else:
+            rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up
+        _last_id[:] = [millis, rand]
+    value = (millis << 80) | rand
     chars = []
     for _ in range(26):
         value, digit = divmod(value, 32)
