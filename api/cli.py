@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.errors import ActqError
+from models.errors import ActqError, RequestValidationError
 from models.jobs import ENDPOINTS
 from models.settings import Settings
 
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         request = json.loads(raw) if raw and raw.strip() else None
     except json.JSONDecodeError as error:
-        print(dumps(ActqError(f"malformed JSON: {error}", status=422).to_dict()))
+        print(dumps(RequestValidationError(f"malformed JSON: {error}").to_dict()))
         return EXIT_REQUEST_ERROR
     settings = Settings()
     from worker.engine import load_model, run
