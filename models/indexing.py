@@ -339,6 +339,7 @@ class DstInfo:
     needs_grad_for_forward: bool  # the FORWARD value needs a backward pass (engine.md §3.8)
     autoencoder: bool  # needs an autoencoder
     has_no_layers: bool  # keyed by layer None: the request's layerIndex must be null
+    supports_backward: bool  # has a BACKWARD variant (passType "backward" allowed; engine.md §3)
 
 
 # Columns: wire value, axes, node type, flags (N = no layers, X = not hookable, A = autoencoder).
@@ -385,6 +386,40 @@ _DSTS_WITHOUT_LAYERS = frozenset(
         "token_out_edge_attribution",
         "vocab_token_write_to_input_direction",
         "always_one",
+    }
+)
+
+# Derived scalars with a BACKWARD variant: the raw hook values and the few others whose "passes"
+# column in engine.md §3 says F,B, plus the two that silently return their FORWARD value (§3.1).
+_DSTS_WITH_BACKWARD = frozenset(
+    {
+        "logits",
+        "resid_post_embedding",
+        "mlp_pre_act",
+        "mlp_post_act",
+        "resid_delta_mlp",
+        "resid_post_mlp",
+        "attn_query",
+        "attn_key",
+        "attn_value",
+        "attn_qk_logits",
+        "attn_qk_probs",
+        "attn_weighted_sum_of_values",
+        "resid_delta_attn",
+        "resid_post_attn",
+        "resid_final_layer_norm_scale",
+        "attn_input_layer_norm_scale",
+        "mlp_input_layer_norm_scale",
+        "unflattened_attn_write_norm",
+        "previous_layer_resid_post_mlp",
+        "always_one",
+        "vocab_token_write_to_input_direction",
+        "online_autoencoder_latent",
+        "online_mlp_autoencoder_latent",
+        "online_attention_autoencoder_latent",
+        "online_mlp_autoencoder_error",
+        "online_residual_mlp_autoencoder_error",
+        "online_residual_attention_autoencoder_error",
     }
 )
 
@@ -534,6 +569,7 @@ def _build_dst_info() -> dict[DerivedScalarType, DstInfo]:
             needs_grad_for_forward="G" in flags,
             autoencoder="A" in flags,
             has_no_layers=value in _DSTS_WITHOUT_LAYERS,
+            supports_backward=value in _DSTS_WITH_BACKWARD,
         )
     return table
 

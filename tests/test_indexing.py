@@ -119,3 +119,13 @@ def test_node_and_dimension_helpers():
     assert not NodeType.LAYER.is_autoencoder
     assert Dimension.ATTENDED_TO_SEQUENCE_TOKENS.is_sequence
     assert not Dimension.MLP_ACTS.is_sequence
+
+
+def test_backward_variants_exist_for_raw_values_and_a_few_others():
+    backward = {
+        d.value for d, info in DST_INFO.items() if info.supports_backward and not info.autoencoder
+    }
+    assert {"mlp_post_act", "attn_qk_probs", "logits", "unflattened_attn_write_norm"} <= backward
+    assert {"previous_layer_resid_post_mlp", "always_one"} <= backward
+    assert not {"mlp_write_norm", "mlp_act_times_grad", "attn_write_norm"} & backward
+    assert len(backward) == 21
