@@ -9,6 +9,7 @@ each sub-request answers every spec from its own values over the shared node lis
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from models.indexing import DST_INFO, DerivedScalarType
 
 from .attention_scalars import token_attention_scalars
 from .derived import DstDef, ElementView, dst_def
+from .hooks import HOOK_POINTS
 from .inference import Ablation, ElementPlan, PassResult, run_pass
 from .losses import LossSpec
 from .tokens import token_read_scores, token_write_scores, top_tokens
@@ -61,6 +63,9 @@ def plan_sub_request(sub: p.InferenceSubRequest, index: int, model) -> SubReques
     spec_in = sub.inference_request_spec
     base = f"inferenceSubRequests.{index}.inferenceRequestSpec"
     tokens = model.tokenizer.encode(spec_in.prompt)
+    if not 0 < len(tokens) <= model.meta.n_ctx:
+        raise RequestValidationError(
+            f"the prompt has {len(tokens)} tokens; this model takes 1 to {model.meta.n_ctx}", f"{base}.prompt")
     ablations = [
         Ablation(
             location=_str(a.index.activation_location_type),
@@ -88,36 +93,33 @@ def plan_sub_request(sub: p.InferenceSubRequest, index: int, model) -> SubReques
     return SubRequestPlan(tokens, element, dict(sub.processing_request_spec_by_name), fake)
 
 
+def _all_layers(points, n_layers: int) -> set:
+    keys = set()
+    for name in points:
+        keys.update([(name, layer) for layer in range(n_layers)] if HOOK_POINTS[name][1] else [(name, None)])
+    return keys
+
+
 def _requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
+    """The hook points to save (forward values, gradients) and whether a backward pass is needed."""
     n_layers = model.weights.n_layers
     save_forward, save_grad = set(), set()
     needs_backward = False
-
-    def add(points, target, layered_only=False):
-        for name in points:
-            from .hooks import HOOK_POINTS
-
-            if HOOK_POINTS[name][1]:
-                target.update((name, layer) for layer in range(n_layers))
-            else:
-                target.add((name, None))
-
     for plan in plans:
-        for name, spec in plan.specs.items():
+        for spec in plan.specs.values():
             if isinstance(spec, p.ScoredTokensRequestSpec):
-                add(TOKEN_WRITE_POINTS + TOKEN_READ_POINTS, save_forward)
+                save_forward |= _all_layers(TOKEN_WRITE_POINTS + TOKEN_READ_POINTS, n_layers)
             derive = _derives_gradients(spec)
             for dsts in _groups_of(spec).values():
                 for dst in dsts:
                     d = dst_def(dst)
-                    add(d.points, save_forward)
-                    grads = list(d.grad_points) + (list(d.backward_grad_points) if derive else [])
-                    add(grads, save_grad)
+                    save_forward |= _all_layers(d.points, n_layers)
+                    grads = d.grad_points + (d.backward_grad_points if derive else ())
+                    save_grad |= _all_layers(grads, n_layers)
                     if d.direction:
                         trace = plan.element.trace
                         save_grad.add(trace.residual_key if trace else ("resid.post_mlp", n_layers - 1))
-                    if grads or d.direction:
-                        needs_backward = True
+                    needs_backward = needs_backward or bool(grads) or d.direction
     return save_forward, save_grad, needs_backward
 
 
@@ -227,6 +229,10 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
     activations = {}
     for gid, dsts in groups.items():
         values = group_values(dsts, nodes)
+        if not all(math.isfinite(v) for v in values):
+            raise RequestValidationError(
+                f"group {gid} has non-finite values (e.g. masked attention logits); they cannot be ranked",
+                f"{path}.dstListByGroupId.{gid}")
         activations[gid] = values
     keep = {_str(d) for d in spec.dimensions_to_keep_for_intermediate_sum}
     sums = {}
