@@ -23,6 +23,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -32,9 +33,10 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from models.jobs import JobStatus
+from models.run_keys import ablation_keys
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -131,6 +133,10 @@ class Run(Base):
         Index("ix_runs_model_created_at", "model", "created_at"),
         Index("ix_runs_prompt_hash_model", "prompt_hash", "model"),
         Index("ix_runs_has_ablations_created_at", "has_ablations", "created_at"),
+        # Run history pages newest first by (job_id, index): one index per common filter.
+        Index("ix_runs_model_job_id_index", "model", "job_id", "index"),
+        Index("ix_runs_prompt_hash_job_id_index", "prompt_hash", "job_id", "index"),
+        Index("ix_runs_has_ablations_job_id_index", "has_ablations", "job_id", "index"),
     )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -150,10 +156,57 @@ class Run(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
     job: Mapped[Job] = relationship(back_populates="runs")
+    ablation_rows: Mapped[list[RunAblation]] = relationship(cascade="all, delete-orphan")
+    tag_rows: Mapped[list[RunTag]] = relationship(cascade="all, delete-orphan")
 
     @property
     def address(self) -> str:
         return f"{self.job_id}/{self.index}"
+
+    # Setting ``ablations`` or ``tags`` keeps their indexed rows in step (SQLAlchemy validators).
+    @validates("ablations")
+    def _index_ablations(self, _key: str, value: str) -> str:
+        keep = {row.key: row for row in self.ablation_rows}
+        self.ablation_rows = [keep.get(k) or RunAblation(key=k) for k in ablation_keys(value)]
+        return value
+
+    @validates("tags")
+    def _index_tags(self, _key: str, value: list[Any]) -> list[Any]:
+        keep = {row.tag: row for row in self.tag_rows}
+        self.tag_rows = [keep.get(t) or RunTag(tag=t) for t in sorted(set(value or []))]
+        return value
+
+
+class RunAblation(Base):
+    """One ablated node of one run, as a ``models.run_keys`` key: the indexed form of ablations."""
+
+    __tablename__ = "run_ablations"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "index"], ["runs.job_id", "runs.index"], ondelete="CASCADE"
+        ),
+        Index("ix_run_ablations_key_job_id_index", "key", "job_id", "index"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+
+
+class RunTag(Base):
+    """One tag of one run: the indexed form of ``Run.tags`` (editable apart from the job's)."""
+
+    __tablename__ = "run_tags"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "index"], ["runs.job_id", "runs.index"], ondelete="CASCADE"
+        ),
+        Index("ix_run_tags_tag_job_id_index", "tag", "job_id", "index"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
 
 
 class JobTag(Base):
