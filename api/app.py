@@ -27,7 +27,7 @@ ROUTE_MODULES: list[str] = [
     "api.tdb",
 ]
 # Route modules that another part of the project may add later; registered when present.
-OPTIONAL_ROUTE_MODULES: list[str] = ["api.comparison", "api.pages"]
+OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
