@@ -98,12 +98,19 @@ def sqlite_url(tmp_path) -> str:
     return url
 
 
+def _service_url(variable: str, what: str) -> str:
+    url = os.environ.get(variable)
+    if not url:
+        message = f"{variable} is not set ({what} is started by scripts/test.sh and .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run every test")
+        pytest.skip(message)
+    return url
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    url = os.environ.get("ACTQ_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("ACTQ_TEST_DATABASE_URL is not set (PostgreSQL is started by .ci/run)")
-    return url
+    return _service_url("ACTQ_TEST_DATABASE_URL", "PostgreSQL")
 
 
 def _create_pg_database(server_url: str) -> tuple[str, str]:
@@ -168,10 +175,7 @@ def sessions(db_url):
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("ACTQ_TEST_BROKER_URL")
-    if not url:
-        pytest.skip("ACTQ_TEST_BROKER_URL is not set (Redis is started by .ci/run)")
-    return url
+    return _service_url("ACTQ_TEST_BROKER_URL", "Redis")
 
 
 # --- the Flask app --------------------------------------------------------------------------
@@ -232,11 +236,8 @@ def _flush_redis(url: str) -> None:
 @pytest.fixture(scope="session")
 def full_stack(tmp_path_factory, pg_server_url, redis_url, golden_model_dir):
     """PostgreSQL, Redis, the API under gunicorn and two ``actq worker`` processes."""
-    import migrations
-
     workdir = tmp_path_factory.mktemp("full-stack")
     name, db = _create_pg_database(pg_server_url)
-    migrations.upgrade(db)
     _flush_redis(redis_url)
     port = free_port()
     env = _base_env(workdir)
@@ -246,6 +247,8 @@ def full_stack(tmp_path_factory, pg_server_url, redis_url, golden_model_dir):
         ACTQ_MODEL=str(golden_model_dir),
         ACTQ_API_URL=f"http://127.0.0.1:{port}",
     )
+    migrate = run_actq("db", "upgrade", env=env)  # as the compose file's migrate service
+    assert migrate.returncode == 0, migrate.stderr
     stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
     stack.database_url = db
     try:
