@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: lease / 10, <= 30
     visibility_timeout_seconds: int = Field(default=7200, gt=0)  # above the longest job
     worker_pool: str = "prefork"
+    worker_alive_file: Path | None = None  # touched every few seconds by a running worker
 
     def data_path(self) -> Path:
         if self.data_dir is not None:

@@ -11,9 +11,12 @@ delivers it again after ``visibility_timeout``, and the claim step decides wheth
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from models.jobs import queue_name
 from models.settings import Settings, celery_config, ensure_broker_folders
@@ -35,7 +38,23 @@ def create_celery(settings: Settings, model_name: str) -> Celery:
     )
     tasks.configure(settings)
     tasks.register(app)
+    if settings.worker_alive_file:
+        _touch_when_ready(Path(settings.worker_alive_file))
     return app
+
+
+def _touch_when_ready(path: Path, every: float = 5.0) -> None:
+    """Once the worker consumes, touch ``path`` every few seconds (a container health check)."""
+
+    def touch_forever() -> None:
+        while True:
+            path.touch()
+            time.sleep(every)
+
+    def on_ready(**_kwargs) -> None:
+        threading.Thread(target=touch_forever, name="alive-file", daemon=True).start()
+
+    worker_ready.connect(on_ready, weak=False)
 
 
 @worker_process_init.connect
