@@ -27,6 +27,7 @@ from models.validation import validate_request
 log = logging.getLogger(__name__)
 
 MAX_TAGS = 20
+POLL_CAP_SECONDS = 0.05  # longest pause between two looks at a waited-for job
 MAX_TAG_CHARS = 100
 MAX_LABEL_CHARS = 200
 
@@ -97,14 +98,14 @@ def _remove(session: Session, job: Job) -> None:
 def wait_for(job_id: str, seconds: float) -> Job | None:
     """Poll the store until the job is final or ``seconds`` pass; returns its last state."""
     deadline = time.monotonic() + max(0.0, seconds)
-    delay = 0.01
+    delay = 0.005
     while True:
         with sessions()() as session:
             job = get_job(session, job_id)
         if job is None or JobStatus(job.status).is_final or time.monotonic() >= deadline:
             return job
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, POLL_CAP_SECONDS)
 
 
 def wait_cap() -> float:
