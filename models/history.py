@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, or_, select
+from sqlalchemy import Select, and_, exists, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased, contains_eager
 
 from models.errors import NotFoundError, RequestValidationError
@@ -134,9 +134,7 @@ def runs_query(f: RunFilter, before: tuple[str, int] | None = None) -> Select:
     query = query.where(*_conditions(f))
     if before is not None:
         job_id, index = before
-        query = query.where(
-            or_(order.job_id < job_id, and_(order.job_id == job_id, order.index < index))
-        )
+        query = query.where(tuple_(order.job_id, order.index) < tuple_(job_id, index))
     return query.order_by(order.job_id.desc(), order.index.desc())
 
 
