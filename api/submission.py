@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import current_app
+from flask import current_app, has_request_context
+from flask import request as http_request
 from sqlalchemy.orm import Session
 
 from api.database import get_session, sessions
@@ -21,6 +22,7 @@ from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.jobs import ENDPOINTS, JobStatus
 from models.protocol import parse_request, to_wire
 from models.records import Job
+from models.result_cache import reuse_result
 from models.store import create_job, get_job
 from models.validation import validate_request
 
@@ -71,6 +73,20 @@ def submit(
     check_metadata(label, tags)
     served, request = parse_and_validate(endpoint, body, model_name)
     session = get_session()
+    if not fresh_requested():
+        hit = reuse_result(
+            session,
+            endpoint=endpoint,
+            model=served.meta.name,
+            model_revision=served.meta.revision,
+            request=request,
+            label=label,
+            tags=tags,
+        )
+        if hit is not None:
+            session.commit()
+            log.info("Job %s: answered from the result of job %s", hit.id, hit.cache_of)
+            return hit
     job = create_job(
         session,
         endpoint=endpoint,
@@ -88,6 +104,14 @@ def submit(
         _remove(session, job)
         raise ServiceUnavailable("the job queue is unavailable; try again shortly") from error
     return job
+
+
+def fresh_requested() -> bool:
+    """``?fresh=1`` (or ``X-Actq-Fresh: 1``): run again even if an identical job finished."""
+    if not has_request_context():
+        return False
+    raw = http_request.args.get("fresh") or http_request.headers.get("X-Actq-Fresh") or ""
+    return raw.lower() in ("1", "true", "yes")
 
 
 def _remove(session: Session, job: Job) -> None:
