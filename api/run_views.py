@@ -1,0 +1,139 @@
+"""The JSON bodies of the run-history routes, and the bridge from stored runs to comparisons.
+
+``run_view`` / ``run_detail`` describe a run (camelCase, like the rest of the API);
+``side_of(run)`` reads the run's job back from the store (request and compressed response) and
+cuts out the run's own part for ``api.comparison``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import Field
+
+from api.comparison import RunSide, run_side, sub_request
+from api.schemas import ApiModel
+from models.records import Run
+from models.run_keys import ablation_keys
+from models.store import response_bytes
+
+
+class RunView(ApiModel):
+    run: str = Field(description="JOB/N: how this run is named in comparisons")
+    job_id: str
+    index: int
+    endpoint: str
+    status: str = Field(description="the status of the run's job")
+    model: str
+    model_revision: str | None = None
+    prompt: str
+    target_tokens: list[str] | None = None
+    distractor_tokens: list[str] | None = None
+    has_ablations: bool
+    ablations: list[Any] = Field(description="canonical form: sorted, values as floats")
+    ablation_keys: list[str] = Field(description="what the `ablates` filter matches")
+    trace: dict[str, Any] | None = None
+    loss: float | None = None
+    label: str | None = None
+    tags: list[str] = []
+    created_at: dt.datetime
+    cache_of: str | None = Field(None, description="the job whose result this job reused")
+    url: str
+    page: str = Field(description="the run's permalink page")
+    job_url: str
+    result_url: str
+    baseline_url: str
+
+
+class RunDetail(RunView):
+    request: dict[str, Any] | None = Field(None, description="this run's part of the request")
+
+
+class RunList(ApiModel):
+    runs: list[RunView]
+    next_cursor: str | None = None
+    next: str | None = Field(None, description="URL of the next page, when there is one")
+
+
+class BaselineView(ApiModel):
+    run: str
+    baseline: RunView
+    compare_url: str
+    compare_page: str
+
+
+def run_path(run: Run) -> str:
+    return f"{run.job_id}/{run.index}"
+
+
+def compare_query(a: str, b: str) -> str:
+    return f"a={quote(a, safe='/')}&b={quote(b, safe='/')}"
+
+
+def run_view(run: Run, cls: type[RunView] = RunView, **extra: Any) -> RunView:
+    job = run.job
+    return cls(
+        run=run.address,
+        job_id=run.job_id,
+        index=run.index,
+        endpoint=job.endpoint,
+        status=job.status,
+        model=run.model,
+        model_revision=run.model_revision,
+        prompt=run.prompt,
+        target_tokens=run.target_tokens,
+        distractor_tokens=run.distractor_tokens,
+        has_ablations=run.has_ablations,
+        ablations=json.loads(run.ablations or "[]"),
+        ablation_keys=ablation_keys(run.ablations),
+        trace=run.trace,
+        loss=run.loss,
+        label=run.label,
+        tags=list(run.tags or []),
+        created_at=run.created_at,
+        cache_of=job.cache_of,
+        url=f"/v1/runs/{run_path(run)}",
+        page=f"/runs/{run_path(run)}",
+        job_url=f"/v1/jobs/{run.job_id}",
+        result_url=f"/v1/jobs/{run.job_id}/result",
+        baseline_url=f"/v1/runs/{run_path(run)}/baseline",
+        **extra,
+    )
+
+
+def run_detail(run: Run) -> RunDetail:
+    request = sub_request(run.job.endpoint, run.job.request, run.index)
+    return run_view(run, RunDetail, request=request)
+
+
+def stored_response(run: Run) -> dict[str, Any] | None:
+    raw = response_bytes(run.job)
+    return None if raw is None else json.loads(raw)
+
+
+def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
+    """The run as ``api.comparison`` sees it (``response``: the job's, if already loaded)."""
+    job = run.job
+    return run_side(
+        run.address,
+        job.endpoint,
+        run.model,
+        run.model_revision,
+        job.request,
+        response if response is not None else stored_response(run),
+        run.index,
+        status=job.status,
+        label=run.label,
+        tags=tuple(run.tags or ()),
+        created_at=run.created_at.isoformat() if run.created_at else None,
+    )
+
+
+def sides_of(a: Run, b: Run) -> tuple[RunSide, RunSide]:
+    """Both sides, reading a shared job's response once."""
+    response_a = stored_response(a)
+    response_b = response_a if a.job_id == b.job_id else stored_response(b)
+    return side_of(a, response_a), side_of(b, response_b)
