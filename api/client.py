@@ -66,12 +66,16 @@ class Client:
         label: str | None = None,
         tags: list[str] | None = None,
         wait: float | None = None,
+        fresh: bool = False,
     ) -> dict:
         """Submit a job; the 202 body (``id``, ``status``, ``url``, ``resultUrl``).
 
         With ``wait`` and a job that finished in time, the TDB response is returned instead.
+        ``fresh`` asks for a new run even if an identical request was answered before.
         """
         params: list[tuple[str, Any]] = [("tag", t) for t in tags or []]
+        if fresh:
+            params.append(("fresh", "1"))
         for key, value in (("model", model), ("label", label), ("wait", wait)):
             if value is not None:
                 params.append((key, value))

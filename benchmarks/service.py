@@ -1,0 +1,214 @@
+"""What the job service adds on top of the engine, on the full stack, and its throughput.
+
+Starts PostgreSQL and Redis (scripts/services.sh, unless ACTQ_TEST_DATABASE_URL and
+ACTQ_TEST_BROKER_URL name running ones), the API under gunicorn and ``actq worker`` processes,
+then for the built-in tiny-gpt2 and a gpt2-small-sized random model (GPT2Config, no download)
+prints:
+
+  * submit -> result: the wall-clock time from POST /v1/batched_tdb to having the response bytes
+    (long-polling the result), for a clean and an ablated sub-request of 20 tokens; median of 20,
+  * the engine time of the same jobs (measured in the worker) and of the same request run by
+    ``worker.engine.run`` in this process, and the service overhead (submit -> result minus the
+    worker's engine time) in ms and as a share of the engine time,
+  * throughput: jobs per second for a burst of jobs with one worker, then with two.
+
+    python benchmarks/service.py [--repeats 20] [--burst 40] [--models tiny-gpt2 gpt2-small-random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from api.client import Client  # noqa: E402
+from tests.stack import Stack, free_port, healthy, wait_until, worker_ready  # noqa: E402
+
+
+def services(workdir: Path) -> tuple[str, str, callable]:
+    if os.environ.get("ACTQ_TEST_DATABASE_URL") and os.environ.get("ACTQ_TEST_BROKER_URL"):
+        return (
+            os.environ["ACTQ_TEST_DATABASE_URL"],
+            os.environ["ACTQ_TEST_BROKER_URL"],
+            lambda: None,
+        )
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/services.sh"), "start", str(workdir / "services")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    urls = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.split())
+    stop = lambda: subprocess.run(  # noqa: E731
+        ["bash", str(ROOT / "scripts/services.sh"), "stop", str(workdir / "services")], check=False
+    )
+    return urls["ACTQ_TEST_DATABASE_URL"], urls["ACTQ_TEST_BROKER_URL"], stop
+
+
+def fresh_database(server_url: str) -> str:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from models.db import make_engine
+
+    name = f"actq_bench_{secrets.token_hex(4)}"
+    admin = make_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(server_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def start_stack(workdir: Path, db: str, broker: str, model: str, data_dir: Path) -> Stack:
+    import redis
+
+    import migrations
+
+    migrations.upgrade(db)
+    redis.Redis.from_url(broker).flushdb()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTQ_")}
+    env.update(
+        ACTQ_DATABASE_URL=db,
+        ACTQ_BROKER_URL=broker,
+        ACTQ_MODEL=model,
+        ACTQ_DATA_DIR=str(data_dir),
+        ACTQ_DEVICE="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
+    stack.add("api", "api", "--bind", f"127.0.0.1:{port}", "--workers", "2")
+    add_worker(stack, "worker1")
+    wait_until(lambda: healthy(stack.url), 60, "API", stack)
+    return stack
+
+
+POOL = ["prefork"]
+
+
+def add_worker(stack: Stack, name: str) -> None:
+    worker = stack.add(name, "worker", "--pool", POOL[0])
+    wait_until(lambda: worker_ready(worker), 300, name, stack)
+
+
+def submit_to_result(client: Client, request: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    job = client.submit("batched_tdb", request, fresh=True)
+    status, _body = client.result(job["id"], wait=120)
+    while status == 202:
+        status, _body = client.result(job["id"], wait=120)
+    elapsed = time.perf_counter() - start
+    assert status == 200, (status, _body[:300])
+    return elapsed, job["id"]
+
+
+def throughput(client: Client, request: dict, burst: int) -> float:
+    start = time.perf_counter()
+    jobs = [client.submit("batched_tdb", request, fresh=True) for _ in range(burst)]
+    for job in jobs:
+        final = client.wait(job["id"], timeout=1800)
+        assert final["status"] == "finished", final
+    return burst / (time.perf_counter() - start)
+
+
+def load_in_process(spec: str, data_dir: Path):
+    from worker.engine import load_model, run
+
+    model = load_model(spec, device="cpu", data_dir=data_dir)
+    run("model_info", None, model)
+    return model
+
+
+def in_process_seconds(request: dict, model) -> float:
+    from worker.engine import run
+
+    start = time.perf_counter()
+    run("batched_tdb", request, model)
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir: Path) -> None:
+    from engine import prompt_of, tdb_request
+
+    from models.model_meta import resolve_model
+    from models.tokenizer import load_tokenizer
+
+    data_dir = workdir / "data"
+    request = tdb_request(prompt_of(load_tokenizer(resolve_model(spec, data_dir)), 20))
+    for sub in request["subRequests"]:  # layer 0 exists in every model (tiny-gpt2 has 2 layers)
+        for ablation in sub["nodeAblations"]:
+            ablation["nodeIndex"]["layerIndex"] = 0
+    (workdir / name).mkdir()
+    stack = start_stack(workdir / name, fresh_database(db_server), broker, spec, data_dir)
+    client = Client(stack.url, timeout=120)
+    local_model = load_in_process(spec, data_dir)
+    try:
+        for _ in range(3):
+            submit_to_result(client, request)  # warm-up: model load, first-call costs
+        e2e, engine, local = [], [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            seconds, job_id = submit_to_result(client, request)
+            e2e.append(seconds)
+            engine.append(client.status(job_id)["engineSeconds"])
+            local.append(in_process_seconds(request, local_model))
+        overhead = [a - b for a, b in zip(e2e, engine, strict=True)]
+        one = throughput(client, request, args.burst)
+        add_worker(stack, "worker2")
+        throughput(client, request, 4)  # warm the second worker
+        two = throughput(client, request, args.burst)
+    finally:
+        stack.stop()
+    local = statistics.median(local)
+    med_e2e, med_engine, med_over = (statistics.median(x) for x in (e2e, engine, overhead))
+    print(f"\n{name} (batched_tdb, clean + ablated, 20 tokens; {args.repeats} jobs, medians)")
+    print(f"  submit -> result            {med_e2e * 1000:9.1f} ms")
+    print(f"  engine time in the worker   {med_engine * 1000:9.1f} ms")
+    print(f"  engine time in-process      {local * 1000:9.1f} ms")
+    print(
+        f"  service overhead            {med_over * 1000:9.1f} ms ({med_over / med_engine:.1%} of engine)"
+    )
+    print(f"  throughput, 1 worker        {one:9.2f} jobs/s  (burst of {args.burst})")
+    print(f"  throughput, 2 workers       {two:9.2f} jobs/s  (burst of {args.burst})")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=40)
+    parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-small-random"])
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    args = parser.parse_args()
+    POOL[0] = args.pool
+    with tempfile.TemporaryDirectory(prefix="actq-bench-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        db_server, broker, stop = services(workdir)
+        try:
+            print(f"machine: {os.cpu_count()} CPUs; PostgreSQL and Redis on loopback; CPU float32")
+            for name in args.models:
+                spec = name
+                if name == "gpt2-small-random":
+                    from engine import build_model
+
+                    directory = workdir / "gpt2-small-random"
+                    build_model(directory)
+                    spec = str(directory)
+                bench_model(name, spec, args, db_server, broker, workdir)
+        finally:
+            stop()
+
+
+if __name__ == "__main__":
+    main()
