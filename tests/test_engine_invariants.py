@@ -94,6 +94,19 @@ def test_node_table_activation_of_mlp_nodes_is_hooked_post_act(tdb_plain):
             assert value == 1.0
 
 
+def test_tdb_response_lists_are_parallel_and_finite(tdb_plain):
+    """protocol.md §8 items 16 and 19 on a whole TDB answer."""
+    answer, _, _ = tdb_plain
+    json.dumps(answer, allow_nan=False)
+    for name, data in answer["processingResponseDataByName"].items():
+        n = len(data["nodeIndices"])
+        for values in data.get("activationsByGroupId", {}).values():
+            assert len(values) == n, name
+        for key in ("topTokensList", "topTokensAttendedToList"):
+            if key in data:
+                assert len(data[key]) == n, name
+
+
 # --- §10.6-§10.10: flattening and stores ---------------------------------------------------------
 
 
