@@ -43,6 +43,8 @@ def golden_cases() -> list[tuple[str, dict]]:
 
 
 CASES = golden_cases()
+REQUEST_CASES = [(n, c) for n, c in CASES if c["endpoint"] != "model_info"]  # model_info has no body
+RESPONSE_CASES = [(n, c) for n, c in CASES if c.get("response") is not None]
 
 
 def tdb_text(obj) -> str:
@@ -53,19 +55,15 @@ def test_golden_cases_are_present():
     assert len(CASES) >= 20
 
 
-@pytest.mark.parametrize(("name", "case"), CASES, ids=[n for n, _ in CASES])
+@pytest.mark.parametrize(("name", "case"), REQUEST_CASES, ids=[n for n, _ in REQUEST_CASES])
 def test_golden_request_round_trips_to_the_same_text(name, case):
-    if case["endpoint"] == "model_info":
-        pytest.skip("model_info takes no body")
     raw = tdb_text(case["request"])
     parsed = parse_request(case["endpoint"], raw.encode())
     assert dumps(to_wire(parsed)) == raw
 
 
-@pytest.mark.parametrize(("name", "case"), CASES, ids=[n for n, _ in CASES])
+@pytest.mark.parametrize(("name", "case"), RESPONSE_CASES, ids=[n for n, _ in RESPONSE_CASES])
 def test_golden_response_round_trips_to_the_same_text(name, case):
-    if case.get("response") is None:
-        pytest.skip("an error case")
     raw = tdb_text(case["response"])
     parsed = parse_as(RESPONSE_MODELS[case["endpoint"]], raw)
     assert dumps(to_wire(parsed)) == raw
