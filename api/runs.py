@@ -210,21 +210,25 @@ def baseline(job_id: str, index: int = 0):
     return jsonify(view.body())
 
 
-@bp.post("/runs/<job_id>/baseline")
-@bp.post("/runs/<job_id>/<int:index>/baseline")
-def submit_baseline(job_id: str, index: int = 0):
+def submit_clean_twin(run: Run) -> Job:
     """Submit the run's clean twin: its own sub-request alone, without ablations."""
-    run = find_run(get_session(), f"{job_id}/{index}")
     if not run.has_ablations:
         raise RequestError(f"run {run.address} has no ablations: it is a clean run", "run")
     twin = clean_twin(run.job.endpoint, run.job.request, run.index)
-    job = submit(
+    return submit(
         run.job.endpoint,
         json.dumps(twin).encode(),
         run.model,
         label=f"baseline of {run.address}",
         tags=list(run.tags or []),
     )
+
+
+@bp.post("/runs/<job_id>/baseline")
+@bp.post("/runs/<job_id>/<int:index>/baseline")
+def submit_baseline(job_id: str, index: int = 0):
+    run = find_run(get_session(), f"{job_id}/{index}")
+    job = submit_clean_twin(run)
     body = accepted(job).body()
     body["run"] = f"{job.id}/0"
     query = compare_query(f"{job.id}/0", run.address)
