@@ -143,6 +143,60 @@ class Client:
             params += [(key, str(v).lower() if isinstance(v, bool) else v) for v in values]
         return self._checked(self._get("/v1/jobs", params)).json()
 
+    # --- run history and comparison (api/runs.py) ---
+
+    def runs(self, **filters: Any) -> dict:
+        """``GET /v1/runs``: runs newest first; filters as in the API (``hasAblations``, ...)."""
+        params = []
+        for key, value in filters.items():
+            if value is None:
+                continue
+            values = value if isinstance(value, list | tuple) else [value]
+            params += [(key, str(v).lower() if isinstance(v, bool) else v) for v in values]
+        return self._checked(self._get("/v1/runs", params)).json()
+
+    def run(self, address: str) -> dict:
+        """One run (``JOB/N``, or ``JOB`` for its first) with its own part of the request."""
+        return self._checked(self._get(f"/v1/runs/{address}")).json()
+
+    def compare(
+        self,
+        a: str,
+        b: str,
+        *,
+        only_diff: bool = False,
+        sort: str | None = None,
+        top: int | None = None,
+    ) -> dict:
+        """``GET /v1/compare``: run ``a`` against run ``b`` (changes are ``b - a``)."""
+        params: dict[str, Any] = {"a": a, "b": b}
+        if only_diff:
+            params["onlyDiff"] = "1"
+        if sort:
+            params["sort"] = sort
+        if top:
+            params["top"] = top
+        return self._checked(self._get("/v1/compare", params)).json()
+
+    def baseline(self, address: str) -> dict:
+        """The run's clean baseline (raises ClientError 404 when there is none)."""
+        return self._checked(self._get(f"/v1/runs/{address}/baseline")).json()
+
+    def submit_baseline(self, address: str) -> dict:
+        """Submit the run's clean twin; the 202 body with ``run`` (its address) and links."""
+        response = self.http.post(f"{self.url}/v1/runs/{address}/baseline", timeout=self.timeout)
+        return self._checked(response).json()
+
+    def edit_run(self, address: str, **edit: Any) -> dict:
+        """Set ``label``, ``tags``, ``addTags`` or ``removeTags`` of one run."""
+        url = f"{self.url}/v1/runs/{address}"
+        return self._checked(self.http.patch(url, json=edit, timeout=self.timeout)).json()
+
+    def edit_job(self, job_id: str, **edit: Any) -> dict:
+        """Set ``label``, ``tags``, ``addTags`` or ``removeTags`` of a job and its runs."""
+        url = f"{self.url}/v1/jobs/{job_id}"
+        return self._checked(self.http.patch(url, json=edit, timeout=self.timeout)).json()
+
     def models(self) -> dict:
         return self._checked(self._get("/v1/models")).json()
 
