@@ -13,14 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from models.validation import validate_request
 
 from models import protocol as p
 from models.model_meta import ModelMeta, resolve_model
+from models.protocol import tdb_camel
+from models.tdb import convert_tdb_request
 from models.tokenizer import Gpt2Tokenizer, load_tokenizer
+from models.validation import validate_request
 
 from .loading import load_state_dict
 from .pipeline import run_batch
+from .planning import Paths
 from .weights import GPT2Weights
 
 __all__ = ["LoadedModel", "load_model", "run", "ENDPOINTS"]
@@ -83,16 +86,19 @@ def run(endpoint: str, request: dict | None, model: LoadedModel) -> dict:
         if endpoint == "batched":
             return run_batch(list(parsed.inference_sub_requests), model)
         if endpoint == "batched_tdb":
-            from models.tdb import convert_tdb_request
-
             subs = [convert_tdb_request(spec) for spec in parsed.sub_requests]
-            return run_batch(subs, model)
+            paths = [
+                Paths(f"subRequests.{i}", dict.fromkeys(sub.processing_request_spec_by_name, f"subRequests.{i}"))
+                for i, sub in enumerate(subs)
+            ]
+            return run_batch(subs, model, paths)
         spec_field, data_field = SINGLE_ROUTES[endpoint]
         sub = p.InferenceSubRequest(
             inference_request_spec=parsed.inference_request_spec,
             processing_request_spec_by_name={spec_field: getattr(parsed, spec_field)},
         )
-        answer = run_batch([sub], model)["inferenceSubResponses"][0]
+        paths = Paths("inferenceRequestSpec", {spec_field: tdb_camel(spec_field)})
+        answer = run_batch([sub], model, [paths])["inferenceSubResponses"][0]
         return {
             "inferenceAndTokenData": answer["inferenceResponse"]["inferenceAndTokenData"],
             data_field: answer["processingResponseDataByName"][spec_field],

@@ -1,0 +1,185 @@
+"""Wire-form response data for each kind of processing spec (protocol.md §5.5-§5.11), built from
+one sub-request's stores and the batch-wide node list of the spec's name."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import torch
+
+from models import protocol as p
+from models.errors import RequestValidationError
+from models.indexing import DST_INFO, DerivedScalarType
+
+from .attention_scalars import token_attention_scalars
+from .inference import PassResult
+from .planning import derives_gradients, dst_store, group_stores, str_value
+from .tokens import token_read_scores, token_write_scores, top_tokens
+from .topk import Node, group_values, intermediate_sum, tensor_nd
+
+
+def node_json(node: Node) -> dict:
+    node_type, indices, layer, pass_type = node
+    return {"nodeType": node_type, "tensorIndices": list(indices), "layerIndex": layer, "passType": pass_type}
+
+
+def sub_response(plan, view, node_lists, result: PassResult, model, index: int) -> dict:
+    data = {}
+    for name, spec in plan.specs.items():
+        path = plan.paths.specs[name]
+        data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, path)
+    return {
+        "inferenceResponse": {"inferenceAndTokenData": _token_data(plan, result, model, index)},
+        "processingResponseDataByName": data,
+    }
+
+
+def _token_data(plan, result: PassResult, model, row: int) -> dict:
+    memory_after = None
+    if result.device.type == "cuda":
+        gc.collect()
+        memory_after = float(torch.cuda.memory_allocated(result.device))
+    return {
+        "inferenceTime": result.inference_time,
+        "memoryUsedBefore": result.memory_before,
+        "memoryUsedAfter": memory_after,
+        "log": None,
+        "loss": result.losses[row],
+        "activationValueForBackwardPass": result.traced_values[row],
+        "tokensAsInts": plan.tokens,
+        "tokensAsStrings": model.tokenizer.decode_tokens(plan.tokens),
+    }
+
+
+def _spec_response(plan, view, spec, nodes, model, path) -> dict:
+    if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
+        return _multiple_top_k(plan, view, spec, nodes, model, path)
+    if isinstance(spec, p.DerivedScalarsRequestSpec):
+        return _derived_scalars(plan, view, spec, model, path)
+    if isinstance(spec, p.DerivedAttentionScalarsRequestSpec):
+        return _derived_attention_scalars(plan, view, spec, model, path)
+    if isinstance(spec, p.ScoredTokensRequestSpec):
+        return _scored_tokens(view, spec, nodes, model, path)
+    return {
+        "responseDataType": "token_pair_attribution_response_data",
+        "nodeIndices": [node_json(n) for n in nodes],
+        "topTokensAttendedToList": [None] * len(nodes),
+    }
+
+
+def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
+    stores = group_stores(plan, view, spec, path)
+    activations = {}
+    for gid, dsts in stores.items():
+        values = group_values(dsts, nodes)
+        if not all(math.isfinite(v) for v in values):
+            raise RequestValidationError(
+                f"group {gid} has non-finite values (e.g. masked attention logits); they cannot be ranked",
+                f"{path}.dstListByGroupId.{gid}")
+        activations[gid] = values
+    keep = {str_value(d) for d in spec.dimensions_to_keep_for_intermediate_sum}
+    sums = {}
+    for gid, dsts in stores.items():
+        sums[gid] = {}
+        for dst in dsts:
+            dims = DST_INFO[DerivedScalarType(dst.name)].dims
+            kept = [axis for axis, dim in enumerate(dims) if str_value(dim) in keep]
+            total = intermediate_sum(dst, kept, derives_gradients(spec))
+            sums[gid][dst.name] = tensor_nd(total)
+    vocab = [
+        model.tokenizer.decode_token(n[1][-1])
+        if n[0] == "vocab_token" and n[1][-1] is not None and n[1][-1] < model.meta.vocab_size else None
+        for n in nodes
+    ]
+    return {
+        "responseDataType": "multiple_top_k_derived_scalars_response_data",
+        "activationsByGroupId": activations,
+        "nodeIndices": [node_json(n) for n in nodes],
+        "vocabTokenStringsForIndices": vocab if any(v is not None for v in vocab) else None,
+        "intermediateSumActivationsByDstByGroupId": sums,
+    }
+
+
+def _derived_scalars(plan, view, spec, model, path) -> dict:
+    dst = str_value(spec.dst)
+    derive = derives_gradients(spec)
+    store = dst_store(plan, view, dst, derive, path)
+    tensors = store.backward if derive else store.forward
+    layer = spec.layer_index
+    if layer not in tensors:
+        raise RequestValidationError(f"layer {layer} is not a layer of {dst}", f"{path}.layerIndex")
+    tensor = tensors[layer]
+    if tensor.dim() != 2:
+        raise RequestValidationError(f"{dst} has {tensor.dim()} axes; derived scalars need 2", f"{path}.dst")
+    activations = tensor[:, spec.activation_index].tolist()
+    pass_type = str_value(spec.pass_type)
+    nodes = [(store.node_type, (t, spec.activation_index), layer, pass_type) for t in range(len(activations))]
+    top = None
+    if spec.num_top_tokens is not None:
+        top = _derived_scalar_top_tokens(view, store, spec, activations, model, path)
+    return {
+        "responseDataType": "derived_scalars_response_data",
+        "activations": activations,
+        "normalizedActivations": None,
+        "nodeIndices": [node_json(n) for n in nodes],
+        "topTokens": top,
+    }
+
+
+def _derived_scalar_top_tokens(view, store, spec, activations, model, path):
+    excluded = model.excluded_ids
+    if store.name == "vocab_token_write_to_input_direction":
+        scores = store.forward[None][:1]
+        if not bool(scores.any()):
+            return None
+        return top_tokens(scores, spec.num_top_tokens, excluded, model.tokenizer.decode_token)[0]
+    if store.name != "mlp_post_act":
+        raise RequestValidationError(
+            f"numTopTokens needs dst mlp_post_act (the token-write input of its node type), not {store.name}",
+            f"{path}.numTopTokens")
+    if activations[0] == 0:
+        return None
+    node = (store.node_type, (0, spec.activation_index), spec.layer_index, "forward")
+    scores = token_write_scores(view, [node], path)
+    return top_tokens(scores, spec.num_top_tokens, excluded, model.tokenizer.decode_token,
+                      flip=[activations[0] < 0])[0]
+
+
+def _derived_attention_scalars(plan, view, spec, model, path) -> dict:
+    dst = str_value(spec.dst)
+    if dst != "unflattened_attn_write_norm":
+        raise RequestValidationError(
+            "derived attention scalars are defined for dst unflattened_attn_write_norm only", f"{path}.dst")
+    store = dst_store(plan, view, dst, False, path)
+    matrix = store.forward[spec.layer_index][:, :, spec.activation_index].tolist()
+    tokens = model.tokenizer.decode_tokens(plan.tokens)
+    return {
+        "responseDataType": "derived_attention_scalars_response_data",
+        "tokenAndAttentionScalarsList": token_attention_scalars(matrix, tokens),
+    }
+
+
+def _scored_tokens(view, spec, nodes, model, path) -> dict:
+    scoring = str_value(spec.token_scoring_type)
+    if scoring == "upvoted_output_tokens":
+        scored = list(range(len(nodes)))
+    elif scoring == "input_tokens_that_upvote_mlp":
+        scored = [i for i, n in enumerate(nodes) if n[0] == "mlp_neuron"]
+    else:
+        scored = []
+    entries: list = [None] * len(nodes)
+    if scored:
+        chosen = [nodes[i] for i in scored]
+        if scoring == "upvoted_output_tokens":
+            scores = token_write_scores(view, chosen, path)
+        else:
+            scores = token_read_scores(view, chosen)
+        lists = top_tokens(scores, spec.num_tokens, model.excluded_ids, model.tokenizer.decode_token)
+        for i, tt in zip(scored, lists, strict=True):
+            entries[i] = tt
+    return {
+        "responseDataType": "scored_tokens_response_data",
+        "nodeIndices": [node_json(n) for n in nodes],
+        "topTokensList": entries,
+    }
