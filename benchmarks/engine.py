@@ -14,9 +14,9 @@ Each (kind, length) runs in its own subprocess so that peak-memory readings do n
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import gc
 import statistics
 import subprocess
 import sys
@@ -57,8 +57,16 @@ def prompt_of(tokenizer, n: int) -> str:
 
 def node_table_request(prompt: str) -> dict:
     groups = {
-        "write_norm": ["resid_post_embedding_norm", "mlp_write_norm", "unflattened_attn_write_norm"],
-        "act_times_grad": ["token_attribution", "mlp_act_times_grad", "unflattened_attn_act_times_grad"],
+        "write_norm": [
+            "resid_post_embedding_norm",
+            "mlp_write_norm",
+            "unflattened_attn_write_norm",
+        ],
+        "act_times_grad": [
+            "token_attribution",
+            "mlp_act_times_grad",
+            "unflattened_attn_act_times_grad",
+        ],
         "direction_write": [
             "resid_post_embedding_proj_to_final_residual_grad",
             "mlp_write_to_final_residual_grad",
@@ -69,7 +77,11 @@ def node_table_request(prompt: str) -> dict:
     return {
         "inferenceRequestSpec": {
             "prompt": prompt,
-            "lossFnConfig": {"name": "logit_diff", "targetTokens": [" mat"], "distractorTokens": [" dog"]},
+            "lossFnConfig": {
+                "name": "logit_diff",
+                "targetTokens": [" mat"],
+                "distractorTokens": [" dog"],
+            },
         },
         "multipleTopKDerivedScalarsRequestSpec": {"dstListByGroupId": groups, "topAndBottomK": 10},
     }
@@ -77,12 +89,23 @@ def node_table_request(prompt: str) -> dict:
 
 def tdb_request(prompt: str) -> dict:
     base = {
-        "prompt": prompt, "targetTokens": [" mat"], "distractorTokens": [" dog"],
-        "componentTypeForMlp": "neuron", "componentTypeForAttention": "attention_head",
-        "topAndBottomKForNodeTable": 10, "hideEarlyLayersWhenAblating": False,
+        "prompt": prompt,
+        "targetTokens": [" mat"],
+        "distractorTokens": [" dog"],
+        "componentTypeForMlp": "neuron",
+        "componentTypeForAttention": "attention_head",
+        "topAndBottomKForNodeTable": 10,
+        "hideEarlyLayersWhenAblating": False,
     }
-    ablation = {"nodeIndex": {"nodeType": "mlp_neuron", "tensorIndices": [2, 100], "layerIndex": 3,
-                              "passType": "forward"}, "value": 0.0}
+    ablation = {
+        "nodeIndex": {
+            "nodeType": "mlp_neuron",
+            "tensorIndices": [2, 100],
+            "layerIndex": 3,
+            "passType": "forward",
+        },
+        "value": 0.0,
+    }
     return {"subRequests": [dict(base, nodeAblations=[ablation]), dict(base, nodeAblations=[])]}
 
 
@@ -140,8 +163,14 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     touch_weights(model.weights)
     gc.collect()
     loaded = rss_bytes()
-    param_bytes = 4 * (model.weights.W_E.numel() + model.weights.W_P.numel() + sum(
-        sum(v.numel() for v in vars(lw).values() if hasattr(v, "numel")) for lw in model.weights.layers))
+    param_bytes = 4 * (
+        model.weights.W_E.numel()
+        + model.weights.W_P.numel()
+        + sum(
+            sum(v.numel() for v in vars(lw).values() if hasattr(v, "numel"))
+            for lw in model.weights.layers
+        )
+    )
     make, batch = KINDS[kind]
     request = make(prompt_of(model.tokenizer, n_tokens))
     times = []
@@ -168,12 +197,23 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
         if i:
             floor.append(time.perf_counter() - start)
         hf.zero_grad(set_to_none=True)
-    return {"kind": kind, "tokens": n_tokens, "times": times, "floor": floor, "runtime_rss": runtime, "loaded_rss": loaded,
-            "peak_rss": peak, "param_bytes": param_bytes, "response_bytes": json_bytes}
+    return {
+        "kind": kind,
+        "tokens": n_tokens,
+        "times": times,
+        "floor": floor,
+        "runtime_rss": runtime,
+        "loaded_rss": loaded,
+        "peak_rss": peak,
+        "param_bytes": param_bytes,
+        "response_bytes": json_bytes,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, nargs="+", default=[20, 60])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -193,21 +233,40 @@ def main() -> None:
         for kind in args.kinds:
             for n in args.tokens:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--repeats", str(args.repeats), "--device", args.device,
-                     "--child", str(model_dir), kind, str(n)],
-                    check=True, capture_output=True, text=True).stdout
+                    [
+                        sys.executable,
+                        __file__,
+                        "--repeats",
+                        str(args.repeats),
+                        "--device",
+                        args.device,
+                        "--child",
+                        str(model_dir),
+                        kind,
+                        str(n),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 med, floor = statistics.median(r["times"]), statistics.median(r["floor"])
-                print(f"{kind:32} {n:6d} {min(r['times']):7.3f} {med:7.3f} {max(r['times']):7.3f} "
-                      f"{floor:7.3f} {med / floor:6.2f} {r['param_bytes'] / 2**20:9.0f} "
-                      f"{r['loaded_rss'] / 2**20:7.0f} {r['peak_rss'] / 2**20:7.0f} "
-                      f"{r['peak_rss'] / r['loaded_rss']:11.2f} {r['response_bytes'] / 1024:8.0f}")
-                extra = (r['peak_rss'] - r['loaded_rss']) / r['param_bytes']
-                print(f"{'':32} {'':6} serving adds {extra:.2f}x the weights' size "
-                      f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)")
-        print("times in seconds; ratio = engine median / HF forward+backward median (same process, same "
-              "tokens); loaded = resident MiB with the model loaded and read; peak = the most resident "
-              "MiB while serving the warm-up and timed requests")
+                print(
+                    f"{kind:32} {n:6d} {min(r['times']):7.3f} {med:7.3f} {max(r['times']):7.3f} "
+                    f"{floor:7.3f} {med / floor:6.2f} {r['param_bytes'] / 2**20:9.0f} "
+                    f"{r['loaded_rss'] / 2**20:7.0f} {r['peak_rss'] / 2**20:7.0f} "
+                    f"{r['peak_rss'] / r['loaded_rss']:11.2f} {r['response_bytes'] / 1024:8.0f}"
+                )
+                extra = (r["peak_rss"] - r["loaded_rss"]) / r["param_bytes"]
+                print(
+                    f"{'':32} {'':6} serving adds {extra:.2f}x the weights' size "
+                    f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)"
+                )
+        print(
+            "times in seconds; ratio = engine median / HF forward+backward median (same process, same "
+            "tokens); loaded = resident MiB with the model loaded and read; peak = the most resident "
+            "MiB while serving the warm-up and timed requests"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,17 @@ def test_actq_run_matches_tdb(case_file, tmp_path, capsys):
     case = json.loads(case_file.read_text())
     request_file = tmp_path / "request.json"
     request_file.write_text(json.dumps(case["request"]))
-    code = main(["run", case["endpoint"], str(request_file), "--model", str(ORACLE_MODEL), "--device", "cpu"])
+    code = main(
+        [
+            "run",
+            case["endpoint"],
+            str(request_file),
+            "--model",
+            str(ORACLE_MODEL),
+            "--device",
+            "cpu",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     ours = {"error": out["error"]} if code == 2 else {"response": out}
     assert code in (0, 2)
@@ -45,7 +55,13 @@ def test_actq_run_matches_tdb(case_file, tmp_path, capsys):
 
 
 def _status(error: dict) -> int:
-    from models.errors import ActqError, NotFoundError, RequestError, RequestValidationError, UnsupportedError
+    from models.errors import (
+        ActqError,
+        NotFoundError,
+        RequestError,
+        RequestValidationError,
+        UnsupportedError,
+    )
 
     classes = (ActqError, RequestError, RequestValidationError, UnsupportedError, NotFoundError)
     return next(c.status for c in classes if c.type == error["type"])
@@ -54,8 +70,22 @@ def _status(error: dict) -> int:
 def test_actq_run_reads_stdin_and_exits_2_on_a_bad_request():
     case = json.loads((CASES / "066-err-target-not-one-token.json").read_text())
     proc = subprocess.run(
-        [sys.executable, "-m", "api.cli", "run", "batched_tdb", "-", "--model", str(ORACLE_MODEL), "--device", "cpu"],
-        input=json.dumps(case["request"]), capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "run",
+            "batched_tdb",
+            "-",
+            "--model",
+            str(ORACLE_MODEL),
+            "--device",
+            "cpu",
+        ],
+        input=json.dumps(case["request"]),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     error = json.loads(proc.stdout)["error"]

@@ -62,7 +62,9 @@ def load_model(name_or_dir: str, device: str | None = None, data_dir=None) -> Lo
         state, meta.n_layers, meta.n_heads, meta.layer_norm_epsilon, dev
     )
     tokenizer = load_tokenizer(meta)
-    return LoadedModel(meta.name, meta, tokenizer, weights, dev, list(tokenizer.excluded_token_ids()))
+    return LoadedModel(
+        meta.name, meta, tokenizer, weights, dev, list(tokenizer.excluded_token_ids())
+    )
 
 
 def model_info(model: LoadedModel) -> dict:
@@ -88,7 +90,10 @@ def run(endpoint: str, request: dict | None, model: LoadedModel) -> dict:
         if endpoint == "batched_tdb":
             subs = [convert_tdb_request(spec) for spec in parsed.sub_requests]
             paths = [
-                Paths(f"subRequests.{i}", dict.fromkeys(sub.processing_request_spec_by_name, f"subRequests.{i}"))
+                Paths(
+                    f"subRequests.{i}",
+                    dict.fromkeys(sub.processing_request_spec_by_name, f"subRequests.{i}"),
+                )
                 for i, sub in enumerate(subs)
             ]
             return run_batch(subs, model, paths)

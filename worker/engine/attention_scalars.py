@@ -33,17 +33,19 @@ def token_attention_scalars(matrix: list[list[float]], tokens: list[str]) -> lis
     m_total_out, m_max_out = _positive_max(total_out), _positive_max(max_out)
     out = []
     for i, row in enumerate(rows):
-        out.append({
-            "token": tokens[i],
-            "scalars": row,
-            "normalizedScalars": [_scale(x, m_scalar) for x in row],
-            "totalScalarIn": total_in[i],
-            "normalizedTotalScalarIn": _scale(total_in[i], m_total_in),
-            "maxScalarIn": max_in[i],
-            "normalizedMaxScalarIn": _scale(max_in[i], m_max_in),
-            "totalScalarOut": total_out[i],
-            "normalizedTotalScalarOut": _scale(total_out[i], m_total_out),
-            "maxScalarOut": max_out[i],
-            "normalizedMaxScalarOut": _scale(max_out[i], m_max_out),
-        })
+        out.append(
+            {
+                "token": tokens[i],
+                "scalars": row,
+                "normalizedScalars": [_scale(x, m_scalar) for x in row],
+                "totalScalarIn": total_in[i],
+                "normalizedTotalScalarIn": _scale(total_in[i], m_total_in),
+                "maxScalarIn": max_in[i],
+                "normalizedMaxScalarIn": _scale(max_in[i], m_max_in),
+                "totalScalarOut": total_out[i],
+                "normalizedTotalScalarOut": _scale(total_out[i], m_total_out),
+                "maxScalarOut": max_out[i],
+                "normalizedMaxScalarOut": _scale(max_out[i], m_max_out),
+            }
+        )
     return out

@@ -33,8 +33,15 @@ from .weights import GPT2Weights
 class ElementView:
     """Read access to one batch row's saved values, cut to its own length, plus cached helpers."""
 
-    def __init__(self, weights: GPT2Weights, hooks, row: int, length: int, trace: TracedNode | None,
-                 fake_grad_index=None):
+    def __init__(
+        self,
+        weights: GPT2Weights,
+        hooks,
+        row: int,
+        length: int,
+        trace: TracedNode | None,
+        fake_grad_index=None,
+    ):
         self.weights = weights
         self.hooks = hooks
         self.row = row
@@ -67,16 +74,24 @@ class ElementView:
     # -- shared intermediate quantities -------------------------------------------------------
     def vo(self, layer: int) -> torch.Tensor:
         """VO[k, h, :] = V[k, h, :] W_O[h]  ([T, H, d], no bias)."""
-        return self.cached(("vo", layer), lambda: torch.einsum(
-            "khe,hed->khd", self.fwd("attn.v", layer), self.weights.layers[layer].W_O))
+        return self.cached(
+            ("vo", layer),
+            lambda: torch.einsum(
+                "khe,hed->khd", self.fwd("attn.v", layer), self.weights.layers[layer].W_O
+            ),
+        )
 
     def vo_norm(self, layer: int) -> torch.Tensor:
         return self.cached(("vo_norm", layer), lambda: self.vo(layer).norm(dim=-1))
 
     def head_write(self, layer: int) -> torch.Tensor:
         """Σ_c Z[q, h, c] W_O[h, c, :]  ([T, H, d])."""
-        return self.cached(("zo", layer), lambda: torch.einsum(
-            "qhe,hed->qhd", self.fwd("attn.v_out", layer), self.weights.layers[layer].W_O))
+        return self.cached(
+            ("zo", layer),
+            lambda: torch.einsum(
+                "qhe,hed->qhd", self.fwd("attn.v_out", layer), self.weights.layers[layer].W_O
+            ),
+        )
 
     def direction(self) -> tuple[torch.Tensor, int, int]:
         """(g, L_g, loc_g): the residual gradient the write-to-grad DSTs project on (§3.1)."""
@@ -91,7 +106,8 @@ class ElementView:
         if self.trace is None or self.trace.trace_type == "V":
             raise RequestValidationError(
                 "final-activation-residual-gradient scalars need a trace config that is not a V trace",
-                "inferenceRequestSpec.traceConfig")
+                "inferenceRequestSpec.traceConfig",
+            )
 
         def compute():
             name, layer = self.trace.residual_key
@@ -239,7 +255,9 @@ def _vocab_token_write_to_input_direction(v: ElementView, layer):
     if index is None or index.location != "mlp.post_act":
         raise UnsupportedError(
             "vocab_token_write_to_input_direction needs exactly one ablation spec at mlp.post_act "
-            "(its index names the neuron)", "inferenceRequestSpec.ablationSpecs")
+            "(its index names the neuron)",
+            "inferenceRequestSpec.ablationSpecs",
+        )
 
     def compute():
         lw = v.weights.layers[index.layer]
@@ -255,99 +273,184 @@ def _always_one(v: ElementView, layer):
     return torch.ones(v.T, 1, device=v.weights.W_E.device)
 
 
-DSTS.update({
-    # the TDB node table (§3.3)
-    "resid_post_embedding_norm": DstDef(False, _norm("resid.post_emb"), points=("resid.post_emb",)),
-    "mlp_write_norm": DstDef(
-        True, lambda v, layer: v.fwd("mlp.post_act", layer) * v.weights.w_out_row_norms[layer],
-        points=("mlp.post_act",)),
-    "unflattened_attn_write_norm": DstDef(
-        True, _attn_write_norm, _attn_write_norm_backward, points=("attn.qk_probs", "attn.v"),
-        backward_grad_points=("attn.qk_probs",)),
-    "token_attribution": DstDef(
-        False, lambda v, layer: _dot(v.fwd("resid.post_emb", None), v.grad("resid.post_emb", None)),
-        points=("resid.post_emb",), grad_points=("resid.post_emb",)),
-    "mlp_act_times_grad": DstDef(
-        True, lambda v, layer: v.fwd("mlp.post_act", layer) * v.grad("mlp.post_act", layer),
-        points=("mlp.post_act",), grad_points=("mlp.post_act",)),
-    "unflattened_attn_act_times_grad": DstDef(
-        True, _attn_act_times_grad, points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
-    "resid_post_embedding_proj_to_final_residual_grad": DstDef(
-        False, _projection("resid.post_emb", END_OF_PREV_LAYER), points=("resid.post_emb",),
-        direction=True),
-    "mlp_write_to_final_residual_grad": DstDef(
-        True, _mlp_write_to_grad(False), points=("mlp.post_act",), direction=True),
-    "unflattened_attn_write_to_final_residual_grad": DstDef(
-        True, _attn_write_to_grad(False), points=("attn.qk_probs", "attn.v"), direction=True),
-    "always_one": DstDef(False, _always_one, _always_one),
-    # other attention scalars (§3.4)
-    "attn_write_norm": DstDef(
-        True, lambda v, layer: flatten_pairs(_attn_write_norm(v, layer)),
-        points=("attn.qk_probs", "attn.v")),
-    "flattened_attn_post_softmax": DstDef(
-        True, lambda v, layer: flatten_pairs(v.fwd("attn.qk_probs", layer)), points=("attn.qk_probs",)),
-    "attn_act_times_grad": DstDef(
-        True, lambda v, layer: flatten_pairs(_attn_act_times_grad(v, layer)),
-        points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
-    "attn_write_to_final_residual_grad": DstDef(
-        True, lambda v, layer: flatten_pairs(_attn_write_to_grad(False)(v, layer)),
-        points=("attn.qk_probs", "attn.v"), direction=True),
-    "attn_write_norm_per_sequence_token": DstDef(
-        True, lambda v, layer: v.head_write(layer).norm(dim=-1), points=("attn.v_out",)),
-    "attn_write_to_final_residual_grad_per_sequence_token": DstDef(
-        True, _attn_write_to_grad_per_token, points=("attn.v_out",), direction=True),
-    "attn_act_times_grad_per_sequence_token": DstDef(
-        True, lambda v, layer: _attn_act_times_grad(v, layer).sum(dim=1),
-        points=("attn.qk_probs",), grad_points=("attn.qk_probs",)),
-    # layer-level residual scalars (§3.5)
-    "resid_post_mlp_norm": DstDef(True, _norm("resid.post_mlp"), points=("resid.post_mlp",)),
-    "resid_post_attn_norm": DstDef(True, _norm("resid.post_attn"), points=("resid.post_attn",)),
-    "mlp_layer_write_norm": DstDef(True, _norm("resid.delta_mlp"), points=("resid.delta_mlp",)),
-    "attn_layer_write_norm": DstDef(True, _norm("resid.delta_attn"), points=("resid.delta_attn",)),
-    "resid_post_mlp_proj_to_final_residual_grad": DstDef(
-        True, _projection("resid.post_mlp", RESID_POST_MLP), points=("resid.post_mlp",), direction=True),
-    "resid_post_attn_proj_to_final_residual_grad": DstDef(
-        True, _projection("resid.post_attn", RESID_POST_ATTN), points=("resid.post_attn",),
-        direction=True),
-    "mlp_layer_write_to_final_residual_grad": DstDef(
-        True, _projection("resid.delta_mlp", MLP), points=("resid.delta_mlp",), direction=True),
-    "attn_layer_write_to_final_residual_grad": DstDef(
-        True, _projection("resid.delta_attn", ATTN), points=("resid.delta_attn",), direction=True),
-    # write vectors and helpers (§3.6)
-    "attn_weighted_value": DstDef(
-        True, lambda v, layer: v.fwd("attn.qk_probs", layer)[..., None] * v.fwd("attn.v", layer)[None],
-        points=("attn.qk_probs", "attn.v")),
-    "attn_write": DstDef(
-        True, lambda v, layer: v.fwd("attn.qk_probs", layer)[..., None] * v.vo(layer)[None],
-        points=("attn.qk_probs", "attn.v")),
-    "attn_write_sum_heads": DstDef(
-        True, lambda v, layer: torch.einsum("qkh,khd->qkd", v.fwd("attn.qk_probs", layer), v.vo(layer)),
-        points=("attn.qk_probs", "attn.v")),
-    "mlp_write": DstDef(
-        True, lambda v, layer: v.fwd("mlp.post_act", layer)[..., None] * v.weights.layers[layer].w_out,
-        points=("mlp.post_act",)),
-    "resid_delta_mlp_from_mlp_post_act": DstDef(
-        True, lambda v, layer: v.fwd("mlp.post_act", layer) @ v.weights.layers[layer].w_out,
-        points=("mlp.post_act",)),
-    "previous_layer_resid_post_mlp": DstDef(
-        True, _previous_resid(False), _previous_resid(True), points=("resid.post_emb", "resid.post_mlp"),
-        backward_grad_points=("resid.post_emb", "resid.post_mlp")),
-    "mlp_write_to_final_activation_residual_grad": DstDef(
-        True, _mlp_write_to_grad(True), points=("mlp.post_act",), activation_direction=True),
-    "unflattened_attn_write_to_final_activation_residual_grad": DstDef(
-        True, _attn_write_to_grad(True), points=("attn.qk_probs", "attn.v"), activation_direction=True),
-    "resid_post_embedding_proj_to_final_activation_residual_grad": DstDef(
-        False, _projection("resid.post_emb", END_OF_PREV_LAYER, activation=True),
-        points=("resid.post_emb",), activation_direction=True),
-    # special (§3.7)
-    "vocab_token_write_to_input_direction": DstDef(
-        False, _vocab_token_write_to_input_direction, _vocab_token_write_to_input_direction,
-        points=("resid.post_emb",)),
-})
+DSTS.update(
+    {
+        # the TDB node table (§3.3)
+        "resid_post_embedding_norm": DstDef(
+            False, _norm("resid.post_emb"), points=("resid.post_emb",)
+        ),
+        "mlp_write_norm": DstDef(
+            True,
+            lambda v, layer: v.fwd("mlp.post_act", layer) * v.weights.w_out_row_norms[layer],
+            points=("mlp.post_act",),
+        ),
+        "unflattened_attn_write_norm": DstDef(
+            True,
+            _attn_write_norm,
+            _attn_write_norm_backward,
+            points=("attn.qk_probs", "attn.v"),
+            backward_grad_points=("attn.qk_probs",),
+        ),
+        "token_attribution": DstDef(
+            False,
+            lambda v, layer: _dot(v.fwd("resid.post_emb", None), v.grad("resid.post_emb", None)),
+            points=("resid.post_emb",),
+            grad_points=("resid.post_emb",),
+        ),
+        "mlp_act_times_grad": DstDef(
+            True,
+            lambda v, layer: v.fwd("mlp.post_act", layer) * v.grad("mlp.post_act", layer),
+            points=("mlp.post_act",),
+            grad_points=("mlp.post_act",),
+        ),
+        "unflattened_attn_act_times_grad": DstDef(
+            True, _attn_act_times_grad, points=("attn.qk_probs",), grad_points=("attn.qk_probs",)
+        ),
+        "resid_post_embedding_proj_to_final_residual_grad": DstDef(
+            False,
+            _projection("resid.post_emb", END_OF_PREV_LAYER),
+            points=("resid.post_emb",),
+            direction=True,
+        ),
+        "mlp_write_to_final_residual_grad": DstDef(
+            True, _mlp_write_to_grad(False), points=("mlp.post_act",), direction=True
+        ),
+        "unflattened_attn_write_to_final_residual_grad": DstDef(
+            True, _attn_write_to_grad(False), points=("attn.qk_probs", "attn.v"), direction=True
+        ),
+        "always_one": DstDef(False, _always_one, _always_one),
+        # other attention scalars (§3.4)
+        "attn_write_norm": DstDef(
+            True,
+            lambda v, layer: flatten_pairs(_attn_write_norm(v, layer)),
+            points=("attn.qk_probs", "attn.v"),
+        ),
+        "flattened_attn_post_softmax": DstDef(
+            True,
+            lambda v, layer: flatten_pairs(v.fwd("attn.qk_probs", layer)),
+            points=("attn.qk_probs",),
+        ),
+        "attn_act_times_grad": DstDef(
+            True,
+            lambda v, layer: flatten_pairs(_attn_act_times_grad(v, layer)),
+            points=("attn.qk_probs",),
+            grad_points=("attn.qk_probs",),
+        ),
+        "attn_write_to_final_residual_grad": DstDef(
+            True,
+            lambda v, layer: flatten_pairs(_attn_write_to_grad(False)(v, layer)),
+            points=("attn.qk_probs", "attn.v"),
+            direction=True,
+        ),
+        "attn_write_norm_per_sequence_token": DstDef(
+            True, lambda v, layer: v.head_write(layer).norm(dim=-1), points=("attn.v_out",)
+        ),
+        "attn_write_to_final_residual_grad_per_sequence_token": DstDef(
+            True, _attn_write_to_grad_per_token, points=("attn.v_out",), direction=True
+        ),
+        "attn_act_times_grad_per_sequence_token": DstDef(
+            True,
+            lambda v, layer: _attn_act_times_grad(v, layer).sum(dim=1),
+            points=("attn.qk_probs",),
+            grad_points=("attn.qk_probs",),
+        ),
+        # layer-level residual scalars (§3.5)
+        "resid_post_mlp_norm": DstDef(True, _norm("resid.post_mlp"), points=("resid.post_mlp",)),
+        "resid_post_attn_norm": DstDef(True, _norm("resid.post_attn"), points=("resid.post_attn",)),
+        "mlp_layer_write_norm": DstDef(True, _norm("resid.delta_mlp"), points=("resid.delta_mlp",)),
+        "attn_layer_write_norm": DstDef(
+            True, _norm("resid.delta_attn"), points=("resid.delta_attn",)
+        ),
+        "resid_post_mlp_proj_to_final_residual_grad": DstDef(
+            True,
+            _projection("resid.post_mlp", RESID_POST_MLP),
+            points=("resid.post_mlp",),
+            direction=True,
+        ),
+        "resid_post_attn_proj_to_final_residual_grad": DstDef(
+            True,
+            _projection("resid.post_attn", RESID_POST_ATTN),
+            points=("resid.post_attn",),
+            direction=True,
+        ),
+        "mlp_layer_write_to_final_residual_grad": DstDef(
+            True, _projection("resid.delta_mlp", MLP), points=("resid.delta_mlp",), direction=True
+        ),
+        "attn_layer_write_to_final_residual_grad": DstDef(
+            True,
+            _projection("resid.delta_attn", ATTN),
+            points=("resid.delta_attn",),
+            direction=True,
+        ),
+        # write vectors and helpers (§3.6)
+        "attn_weighted_value": DstDef(
+            True,
+            lambda v, layer: (
+                v.fwd("attn.qk_probs", layer)[..., None] * v.fwd("attn.v", layer)[None]
+            ),
+            points=("attn.qk_probs", "attn.v"),
+        ),
+        "attn_write": DstDef(
+            True,
+            lambda v, layer: v.fwd("attn.qk_probs", layer)[..., None] * v.vo(layer)[None],
+            points=("attn.qk_probs", "attn.v"),
+        ),
+        "attn_write_sum_heads": DstDef(
+            True,
+            lambda v, layer: torch.einsum(
+                "qkh,khd->qkd", v.fwd("attn.qk_probs", layer), v.vo(layer)
+            ),
+            points=("attn.qk_probs", "attn.v"),
+        ),
+        "mlp_write": DstDef(
+            True,
+            lambda v, layer: (
+                v.fwd("mlp.post_act", layer)[..., None] * v.weights.layers[layer].w_out
+            ),
+            points=("mlp.post_act",),
+        ),
+        "resid_delta_mlp_from_mlp_post_act": DstDef(
+            True,
+            lambda v, layer: v.fwd("mlp.post_act", layer) @ v.weights.layers[layer].w_out,
+            points=("mlp.post_act",),
+        ),
+        "previous_layer_resid_post_mlp": DstDef(
+            True,
+            _previous_resid(False),
+            _previous_resid(True),
+            points=("resid.post_emb", "resid.post_mlp"),
+            backward_grad_points=("resid.post_emb", "resid.post_mlp"),
+        ),
+        "mlp_write_to_final_activation_residual_grad": DstDef(
+            True, _mlp_write_to_grad(True), points=("mlp.post_act",), activation_direction=True
+        ),
+        "unflattened_attn_write_to_final_activation_residual_grad": DstDef(
+            True,
+            _attn_write_to_grad(True),
+            points=("attn.qk_probs", "attn.v"),
+            activation_direction=True,
+        ),
+        "resid_post_embedding_proj_to_final_activation_residual_grad": DstDef(
+            False,
+            _projection("resid.post_emb", END_OF_PREV_LAYER, activation=True),
+            points=("resid.post_emb",),
+            activation_direction=True,
+        ),
+        # special (§3.7)
+        "vocab_token_write_to_input_direction": DstDef(
+            False,
+            _vocab_token_write_to_input_direction,
+            _vocab_token_write_to_input_direction,
+            points=("resid.post_emb",),
+        ),
+    }
+)
 
 
 def dst_def(name: str, path: str | None = None) -> DstDef:
     try:
         return DSTS[name]
     except KeyError:
-        raise UnsupportedError(f"derived scalar type {name!r} is not supported by this server", path) from None
+        raise UnsupportedError(
+            f"derived scalar type {name!r} is not supported by this server", path
+        ) from None

@@ -99,7 +99,9 @@ def run_pass(
         pad[row, : len(plan.tokens)] = False
     tokens, pad = tokens.to(device), pad.to(device)
 
-    hooks = Hooks(save_forward=set(save_forward), save_grad=set(save_grad) if needs_backward else set())
+    hooks = Hooks(
+        save_forward=set(save_forward), save_grad=set(save_grad) if needs_backward else set()
+    )
     for row, plan in enumerate(plans):
         for ab in plan.ablations:
             _register_ablation(hooks, row, ab, n_layers)

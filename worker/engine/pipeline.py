@@ -20,18 +20,35 @@ from .topk import Node, rank_spec
 def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | None = None) -> dict:
     """Answer a batch of inference sub-requests as a BatchedResponse (wire dict)."""
     if paths is None:
-        paths = [Paths.batched(i, sub.processing_request_spec_by_name) for i, sub in enumerate(subs)]
+        paths = [
+            Paths.batched(i, sub.processing_request_spec_by_name) for i, sub in enumerate(subs)
+        ]
     plans = [plan_sub_request(sub, path, model) for sub, path in zip(subs, paths, strict=True)]
     save_forward, save_grad, needs_backward = requirements(plans, model)
-    result = run_pass(model.weights, [pl.element for pl in plans], save_forward, save_grad,
-                      needs_backward, model.device)
+    result = run_pass(
+        model.weights,
+        [pl.element for pl in plans],
+        save_forward,
+        save_grad,
+        needs_backward,
+        model.device,
+    )
     views = [
-        ElementView(model.weights, result.hooks, row, result.lengths[row], pl.element.trace, pl.fake_grad_index)
+        ElementView(
+            model.weights,
+            result.hooks,
+            row,
+            result.lengths[row],
+            pl.element.trace,
+            pl.fake_grad_index,
+        )
         for row, pl in enumerate(plans)
     ]
     node_lists = _node_lists(plans, views)
-    responses = [sub_response(pl, view, node_lists, result, model, i)
-                 for i, (pl, view) in enumerate(zip(plans, views, strict=True))]
+    responses = [
+        sub_response(pl, view, node_lists, result, model, i)
+        for i, (pl, view) in enumerate(zip(plans, views, strict=True))
+    ]
     return {"inferenceSubResponses": responses}
 
 
@@ -42,12 +59,12 @@ def _node_lists(plans: list[SubRequestPlan], views: list[ElementView]) -> dict[s
         for name, spec in plan.specs.items():
             if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
                 stores = group_stores(plan, view, spec, plan.paths.specs[name])
-                lists.setdefault(name, []).extend(rank_spec(stores, spec.top_and_bottom_k, spec.token_index))
+                lists.setdefault(name, []).extend(
+                    rank_spec(stores, spec.top_and_bottom_k, spec.token_index)
+                )
             elif isinstance(spec, p.ScoredTokensRequestSpec | p.TokenPairAttributionRequestSpec):
                 aliases[name] = spec.depends_on_spec_name
     out = {name: list(dict.fromkeys(nodes)) for name, nodes in lists.items()}
     for name, target in aliases.items():
         out[name] = out.get(target, [])
     return out
-
-

@@ -30,8 +30,10 @@ class Paths:
     @classmethod
     def batched(cls, index: int, names) -> Paths:
         base = f"inferenceSubRequests.{index}"
-        return cls(f"{base}.inferenceRequestSpec",
-                   {n: f"{base}.processingRequestSpecByName.{n}" for n in names})
+        return cls(
+            f"{base}.inferenceRequestSpec",
+            {n: f"{base}.processingRequestSpecByName.{n}" for n in names},
+        )
 
 
 @dataclass
@@ -52,7 +54,10 @@ def str_value(x) -> str:
 
 def groups_of(spec) -> dict[str, list[str]]:
     if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
-        return {str_value(g): [str_value(d) for d in dsts] for g, dsts in spec.dst_list_by_group_id.items()}
+        return {
+            str_value(g): [str_value(d) for d in dsts]
+            for g, dsts in spec.dst_list_by_group_id.items()
+        }
     if isinstance(spec, p.DerivedScalarsRequestSpec | p.DerivedAttentionScalarsRequestSpec):
         return {"singleton": [str_value(spec.dst)]}
     return {}
@@ -68,7 +73,9 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
     tokens = model.tokenizer.encode(spec_in.prompt)
     if not 0 < len(tokens) <= model.meta.n_ctx:
         raise RequestValidationError(
-            f"the prompt has {len(tokens)} tokens; this model takes 1 to {model.meta.n_ctx}", f"{base}.prompt")
+            f"the prompt has {len(tokens)} tokens; this model takes 1 to {model.meta.n_ctx}",
+            f"{base}.prompt",
+        )
     ablations = [
         Ablation(
             location=str_value(a.index.activation_location_type),
@@ -85,12 +92,18 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
         lpath = f"{base}.lossFnConfig"
         loss = LossSpec(
             name=str_value(cfg.name),
-            targets=tuple(model.tokenizer.single_token_id(s, f"{lpath}.targetTokens.{i}")
-                          for i, s in enumerate(cfg.target_tokens or ())),
-            distractors=tuple(model.tokenizer.single_token_id(s, f"{lpath}.distractorTokens.{i}")
-                              for i, s in enumerate(cfg.distractor_tokens or ())),
+            targets=tuple(
+                model.tokenizer.single_token_id(s, f"{lpath}.targetTokens.{i}")
+                for i, s in enumerate(cfg.target_tokens or ())
+            ),
+            distractors=tuple(
+                model.tokenizer.single_token_id(s, f"{lpath}.distractorTokens.{i}")
+                for i, s in enumerate(cfg.distractor_tokens or ())
+            ),
         )
-    trace = TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
+    trace = (
+        TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
+    )
     element = ElementPlan(tokens=tokens, ablations=ablations, loss=loss, trace=trace)
     fake = ablations[0] if len(ablations) == 1 else None
     return SubRequestPlan(tokens, element, dict(sub.processing_request_spec_by_name), fake, paths)
@@ -99,7 +112,9 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
 def _all_layers(points, n_layers: int) -> set:
     keys = set()
     for name in points:
-        keys.update([(name, layer) for layer in range(n_layers)] if HOOK_POINTS[name][1] else [(name, None)])
+        keys.update(
+            [(name, layer) for layer in range(n_layers)] if HOOK_POINTS[name][1] else [(name, None)]
+        )
     return keys
 
 
@@ -121,18 +136,23 @@ def requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
                     save_grad |= _all_layers(grads, n_layers)
                     if d.direction:
                         trace = plan.element.trace
-                        save_grad.add(trace.residual_key if trace else ("resid.post_mlp", n_layers - 1))
+                        save_grad.add(
+                            trace.residual_key if trace else ("resid.post_mlp", n_layers - 1)
+                        )
                     needs_backward = needs_backward or bool(grads) or d.direction
     return save_forward, save_grad, needs_backward
 
 
-def dst_store(plan: SubRequestPlan, view: ElementView, dst: str, derive: bool, path: str | None) -> DstTensors:
+def dst_store(
+    plan: SubRequestPlan, view: ElementView, dst: str, derive: bool, path: str | None
+) -> DstTensors:
     key = (dst, derive)
     if key not in plan.stores:
         d: DstDef = dst_def(dst, path)
         if derive and d.backward is None:
             raise RequestValidationError(
-                f"{dst} has no backward (gradient) values; use passType forward", path)
+                f"{dst} has no backward (gradient) values; use passType forward", path
+            )
         info = DST_INFO[DerivedScalarType(dst)]
         layers = list(range(view.weights.n_layers)) if d.layered else [None]
         forward = {layer: d.forward(view, layer) for layer in layers}
@@ -143,6 +163,7 @@ def dst_store(plan: SubRequestPlan, view: ElementView, dst: str, derive: bool, p
 
 def group_stores(plan, view, spec, path) -> dict[str, list[DstTensors]]:
     derive = derives_gradients(spec)
-    return {g: [dst_store(plan, view, d, derive, path) for d in dsts] for g, dsts in groups_of(spec).items()}
-
-
+    return {
+        g: [dst_store(plan, view, d, derive, path) for d in dsts]
+        for g, dsts in groups_of(spec).items()
+    }

@@ -21,7 +21,12 @@ from .topk import Node, group_values, intermediate_sum, tensor_nd
 
 def node_json(node: Node) -> dict:
     node_type, indices, layer, pass_type = node
-    return {"nodeType": node_type, "tensorIndices": list(indices), "layerIndex": layer, "passType": pass_type}
+    return {
+        "nodeType": node_type,
+        "tensorIndices": list(indices),
+        "layerIndex": layer,
+        "passType": pass_type,
+    }
 
 
 def sub_response(plan, view, node_lists, result: PassResult, model, index: int) -> dict:
@@ -76,7 +81,8 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
         if not all(math.isfinite(v) for v in values):
             raise RequestValidationError(
                 f"group {gid} has non-finite values (e.g. masked attention logits); they cannot be ranked",
-                f"{path}.dstListByGroupId.{gid}")
+                f"{path}.dstListByGroupId.{gid}",
+            )
         activations[gid] = values
     keep = {str_value(d) for d in spec.dimensions_to_keep_for_intermediate_sum}
     sums = {}
@@ -89,7 +95,8 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
             sums[gid][dst.name] = tensor_nd(total)
     vocab = [
         model.tokenizer.decode_token(n[1][-1])
-        if n[0] == "vocab_token" and n[1][-1] is not None and n[1][-1] < model.meta.vocab_size else None
+        if n[0] == "vocab_token" and n[1][-1] is not None and n[1][-1] < model.meta.vocab_size
+        else None
         for n in nodes
     ]
     return {
@@ -111,10 +118,15 @@ def _derived_scalars(plan, view, spec, model, path) -> dict:
         raise RequestValidationError(f"layer {layer} is not a layer of {dst}", f"{path}.layerIndex")
     tensor = tensors[layer]
     if tensor.dim() != 2:
-        raise RequestValidationError(f"{dst} has {tensor.dim()} axes; derived scalars need 2", f"{path}.dst")
+        raise RequestValidationError(
+            f"{dst} has {tensor.dim()} axes; derived scalars need 2", f"{path}.dst"
+        )
     activations = tensor[:, spec.activation_index].tolist()
     pass_type = str_value(spec.pass_type)
-    nodes = [(store.node_type, (t, spec.activation_index), layer, pass_type) for t in range(len(activations))]
+    nodes = [
+        (store.node_type, (t, spec.activation_index), layer, pass_type)
+        for t in range(len(activations))
+    ]
     top = None
     if spec.num_top_tokens is not None:
         top = _derived_scalar_top_tokens(view, store, spec, activations, model, path)
@@ -137,20 +149,28 @@ def _derived_scalar_top_tokens(view, store, spec, activations, model, path):
     if store.name != "mlp_post_act":
         raise RequestValidationError(
             f"numTopTokens needs dst mlp_post_act (the token-write input of its node type), not {store.name}",
-            f"{path}.numTopTokens")
+            f"{path}.numTopTokens",
+        )
     if activations[0] == 0:
         return None
     node = (store.node_type, (0, spec.activation_index), spec.layer_index, "forward")
     scores = token_write_scores(view, [node], path)
-    return top_tokens(scores, spec.num_top_tokens, excluded, model.tokenizer.decode_token,
-                      flip=[activations[0] < 0])[0]
+    return top_tokens(
+        scores,
+        spec.num_top_tokens,
+        excluded,
+        model.tokenizer.decode_token,
+        flip=[activations[0] < 0],
+    )[0]
 
 
 def _derived_attention_scalars(plan, view, spec, model, path) -> dict:
     dst = str_value(spec.dst)
     if dst != "unflattened_attn_write_norm":
         raise RequestValidationError(
-            "derived attention scalars are defined for dst unflattened_attn_write_norm only", f"{path}.dst")
+            "derived attention scalars are defined for dst unflattened_attn_write_norm only",
+            f"{path}.dst",
+        )
     store = dst_store(plan, view, dst, False, path)
     matrix = store.forward[spec.layer_index][:, :, spec.activation_index].tolist()
     tokens = model.tokenizer.decode_tokens(plan.tokens)
@@ -175,7 +195,9 @@ def _scored_tokens(view, spec, nodes, model, path) -> dict:
             scores = token_write_scores(view, chosen, path)
         else:
             scores = token_read_scores(view, chosen)
-        lists = top_tokens(scores, spec.num_tokens, model.excluded_ids, model.tokenizer.decode_token)
+        lists = top_tokens(
+            scores, spec.num_tokens, model.excluded_ids, model.tokenizer.decode_token
+        )
         for i, tt in zip(scored, lists, strict=True):
             entries[i] = tt
     return {

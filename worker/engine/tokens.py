@@ -33,7 +33,9 @@ def write_vector(view: ElementView, node: Node, path: str | None = None) -> torc
     raise RequestValidationError(f"nodes of type {node_type} have no token write vector", path)
 
 
-def token_write_scores(view: ElementView, nodes: list[Node], path: str | None = None) -> torch.Tensor:
+def token_write_scores(
+    view: ElementView, nodes: list[Node], path: str | None = None
+) -> torch.Tensor:
     """[n, V]: each node's write through γ_f ⊙ W_U, minus its mean over the vocabulary."""
     w = torch.stack([write_vector(view, node, path) for node in nodes])
     scores = (w * view.weights.lnf_g) @ view.weights.W_U
@@ -69,7 +71,9 @@ def _extremes(scores: torch.Tensor, t: int, largest: bool) -> tuple[torch.Tensor
     return values, ids
 
 
-def top_tokens(scores: torch.Tensor, t: int, excluded: list[int], decode, flip: list[bool] | None = None) -> list[dict]:
+def top_tokens(
+    scores: torch.Tensor, t: int, excluded: list[int], decode, flip: list[bool] | None = None
+) -> list[dict]:
     """TopTokens wire objects for each row of `scores` [n, V] (§5.7)."""
     if excluded:
         ex = torch.tensor(excluded, device=scores.device)
@@ -80,16 +84,32 @@ def top_tokens(scores: torch.Tensor, t: int, excluded: list[int], decode, flip: 
     top_v, top_i = _extremes(top_scores, t, largest=True)
     bot_v, bot_i = _extremes(bottom_scores, t, largest=False)
     if not (torch.isfinite(top_v).all() and torch.isfinite(bot_v).all()):
-        raise RequestValidationError(f"cannot list {t} finite top tokens: the vocabulary is too small")
+        raise RequestValidationError(
+            f"cannot list {t} finite top tokens: the vocabulary is too small"
+        )
     m = torch.maximum(top_v[:, :1].abs(), bot_v[:, :1].abs())
     safe = torch.where(m == 0, torch.ones_like(m), m)
     top_n = torch.where(m == 0, torch.zeros_like(top_v), top_v / safe)
     bot_n = torch.where(m == 0, torch.zeros_like(bot_v), bot_v / safe)
     out = []
-    rows = zip(top_v.tolist(), top_i.tolist(), top_n.tolist(), bot_v.tolist(), bot_i.tolist(), bot_n.tolist(), strict=True)
+    rows = zip(
+        top_v.tolist(),
+        top_i.tolist(),
+        top_n.tolist(),
+        bot_v.tolist(),
+        bot_i.tolist(),
+        bot_n.tolist(),
+        strict=True,
+    )
     for r, (tv, ti, tn, bv, bi, bn) in enumerate(rows):
-        top = [{"token": decode(i), "scalar": v, "normalizedScalar": n} for v, i, n in zip(tv, ti, tn, strict=True)]
-        bottom = [{"token": decode(i), "scalar": v, "normalizedScalar": n} for v, i, n in zip(bv, bi, bn, strict=True)]
+        top = [
+            {"token": decode(i), "scalar": v, "normalizedScalar": n}
+            for v, i, n in zip(tv, ti, tn, strict=True)
+        ]
+        bottom = [
+            {"token": decode(i), "scalar": v, "normalizedScalar": n}
+            for v, i, n in zip(bv, bi, bn, strict=True)
+        ]
         if flip is not None and flip[r]:
             top, bottom = bottom, top
         out.append({"top": top, "bottom": bottom})

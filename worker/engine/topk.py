@@ -110,7 +110,9 @@ def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -
     return nodes
 
 
-def rank_spec(groups: dict[str, list[DstTensors]], k: int | None, token_index: int | None) -> list[Node]:
+def rank_spec(
+    groups: dict[str, list[DstTensors]], k: int | None, token_index: int | None
+) -> list[Node]:
     """The node list of one multiple-top-k spec for one sub-request, duplicates removed."""
     nodes: list[Node] = []
     for dsts in groups.values():
@@ -130,7 +132,9 @@ def group_values(dsts: list[DstTensors], nodes: list[Node]) -> list[float]:
         if dst is None or layer not in dst.forward:
             raise ValueError(f"no value of node type {node_type} at layer {layer}")
         tensor = dst.forward[layer]
-        index = tuple(torch.tensor(axis) for axis in zip(*(nodes[i][1] for i in positions), strict=True))
+        index = tuple(
+            torch.tensor(axis) for axis in zip(*(nodes[i][1] for i in positions), strict=True)
+        )
         for i, value in zip(positions, tensor[index].tolist(), strict=True):
             out[i] = value
     return out

@@ -94,7 +94,9 @@ def forward(
     resid = hooks.point("resid.post_emb", None, x)
     for layer, lw in enumerate(weights.layers):
         a = layer_norm(resid, lw.ln1_g, lw.ln1_b, eps, hooks, ("attn_ln.scale", layer))
-        delta_attn = hooks.point("resid.delta_attn", layer, attention_block(lw, layer, a, mask, hooks))
+        delta_attn = hooks.point(
+            "resid.delta_attn", layer, attention_block(lw, layer, a, mask, hooks)
+        )
         resid = hooks.point("resid.post_attn", layer, resid + delta_attn)
         m = layer_norm(resid, lw.ln2_g, lw.ln2_b, eps, hooks, ("mlp_ln.scale", layer))
         pre = hooks.point("mlp.pre_act", layer, m @ lw.w_in + lw.b_in)
