@@ -77,3 +77,55 @@ def test_cli_reports_a_refused_request(embedded_stack, tmp_path):
     out = run_actq("submit", "batched_tdb", str(request), env=embedded_stack.env)
     assert out.returncode == 1
     assert "subRequests.0" in out.stderr.decode()
+
+
+def test_actq_up_puts_pending_jobs_back_in_the_queue(tmp_path, golden_model_dir):
+    """Jobs left queued without a message, or started by a worker that is gone, run at start."""
+    import migrations
+    from models import store
+    from models.db import make_engine, make_sessionmaker
+    from tests.conftest import GOLDEN_MODEL_NAME, _base_env
+    from tests.stack import Stack, free_port, healthy, wait_until
+
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{data_dir / 'actq.db'}"
+    migrations.upgrade(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    case = next(c for c in OK_CASES if c["endpoint"] == "derived_scalars")
+    ids = []
+    with sessions.begin() as session:
+        for _ in range(2):
+            job = store.create_job(
+                session,
+                endpoint=case["endpoint"],
+                model=GOLDEN_MODEL_NAME,
+                model_revision=None,
+                request=case["request"],
+            )
+            ids.append(job.id)
+    with sessions.begin() as session:
+        assert store.claim_job(session, ids[1], "a-worker-that-died", lease_seconds=600) == 1
+    engine.dispose()
+
+    port = free_port()
+    stack = Stack(url=f"http://127.0.0.1:{port}", env=_base_env(tmp_path), workdir=tmp_path)
+    try:
+        stack.add(
+            "up",
+            "up",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--model",
+            str(golden_model_dir),
+        )
+        wait_until(lambda: healthy(stack.url), 60, "actq up", stack)
+        client = Client(stack.url)
+        finals = [client.wait(job_id, timeout=120) for job_id in ids]
+    finally:
+        stack.stop()
+    assert [f["status"] for f in finals] == ["finished", "finished"]
+    assert [f["attempts"] for f in finals] == [1, 2]
+    assert "pending job(s) put back" in stack.processes["up"].log()
