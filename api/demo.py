@@ -1,5 +1,5 @@
 """``actq demo``: start the embedded stack, run a clean request and its ablated twin, print where
-their results are, stop. (The comparison of the two is added by the run-comparison feature.)
+their results are and the comparison of the two (``api.cli_compare.format_summary``), stop.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 
+from api.cli_compare import format_summary
 from api.client import Client
+from models.settings import DEFAULT_API_URL
 
 PROMPT = "Paris is the capital of France, and Berlin is the capital of Germany."
 
@@ -83,7 +85,12 @@ def demo(data_dir: str | None, model: str | None, port: int = 0) -> int:
             final = client.wait(job["id"], timeout=600)
             loss = final["runs"][0]["loss"] if final["runs"] else None
             print(f"{name:8} {final['status']:8} loss {loss}  {client.url}{job['resultUrl']}")
-        print(f"runs to compare: {clean['id']}/0 and {twin['id']}/0")
+        a, b = f"{clean['id']}/0", f"{twin['id']}/0"
+        print(f"runs to compare: {a} and {b}\n")
+        result = client.compare(a, b)
+        print(format_summary(result, top=5))
+        up = "actq up" + (f" --data-dir {data_dir}" if data_dir else "")
+        print(f"(the demo's stack stops now; `{up}` serves the page at {DEFAULT_API_URL})")
         return 0
     finally:
         process.terminate()
