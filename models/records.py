@@ -1,4 +1,4 @@
-"""The tables: one ``jobs`` row per submission, one ``runs`` row per sub-request, job tags.
+"""The tables: one ``jobs`` row per submission, one ``runs`` row per sub-request, job tags, API keys.
 
 A job holds the request as submitted (normalised wire JSON), the response as the exact TDB wire
 text compressed with zlib (so the result endpoint returns byte-identical JSON without re-encoding),
@@ -92,6 +92,9 @@ class Job(Base):
         Index("ix_jobs_model_created_at", "model", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        # The reaper's two sweeps: stale heartbeats of started jobs, unpublished queued jobs.
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_jobs_status_published_at", "status", "published_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -108,6 +111,8 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
+    published_at: Mapped[dt.datetime | None]  # the outbox: None until the broker took a message
+    cancel_requested_at: Mapped[dt.datetime | None]  # a started job stops at its next stage
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     owner: Mapped[str | None] = mapped_column(String(100))
@@ -207,6 +212,22 @@ class RunTag(Base):
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class ApiKey(Base):
+    """An API key: only the sha256 of the token is stored (``models.keys``). The key's ``name``
+    is the owner of the jobs it submits; an admin key sees every owner's jobs."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_name", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    rate_per_minute: Mapped[float | None] = mapped_column(Float)  # None: the service default
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
 
 
 class JobTag(Base):
