@@ -124,36 +124,63 @@ _NODE_AXES = {
 
 
 def check_ablation(ablation: AblationSpec, path: str, shape: Shape) -> None:
-    index = ablation.index
+    check_activation_index(ablation.index, f"{path}.index", shape)
+
+
+WITHIN_LAYER_GRAD_LOCATIONS = ("mlp.pre_act", "mlp.post_act", "attn.qk_logits", "attn.qk_probs")
+
+
+def check_within_layer_grad_index(index, path: str, shape: Shape) -> None:
+    """activationIndexForWithinLayerGrad: a node whose gradient direction the DSTs use (§6.6)."""
+    location = index.activation_location_type
+    if LOCATION_INFO[location].autoencoder:
+        raise UnsupportedError(
+            f"{location.value} needs an autoencoder, which this server does not offer",
+            path=f"{path}.activationLocationType",
+        )
+    if location.value not in WITHIN_LAYER_GRAD_LOCATIONS:
+        raise RequestValidationError(
+            f"a within-layer gradient is defined at {', '.join(WITHIN_LAYER_GRAD_LOCATIONS)}; "
+            f"not at {location.value}",
+            path=f"{path}.activationLocationType",
+        )
+    if index.pass_type.value != "forward":
+        raise RequestValidationError("the traced activation must be a forward one", path=f"{path}.passType")
+    if index.layer_index is None:
+        raise RequestValidationError("give the layer of the traced activation", path=f"{path}.layerIndex")
+    check_activation_index(index, path, shape)
+
+
+def check_activation_index(index, path: str, shape: Shape) -> None:
     location = index.activation_location_type
     info = LOCATION_INFO[location]
     if info.autoencoder:
         raise UnsupportedError(
             f"{location.value} needs an autoencoder, which this server does not offer",
-            path=f"{path}.index.activationLocationType",
+            path=f"{path}.activationLocationType",
         )
     if not info.hookable:
         raise RequestValidationError(
             f"{location.value} cannot be hooked (TDB declares it but has no hook point for it)",
-            path=f"{path}.index.activationLocationType",
+            path=f"{path}.activationLocationType",
         )
     if index.layer_index is not None:
         if info.has_no_layers:
             raise RequestValidationError(
                 f"{location.value} exists once per model: its layerIndex must be null",
-                path=f"{path}.index.layerIndex",
+                path=f"{path}.layerIndex",
             )
-        check_layer(index.layer_index, shape, f"{path}.index.layerIndex")
+        check_layer(index.layer_index, shape, f"{path}.layerIndex")
     if len(index.tensor_indices) != len(info.dims):
         axes = ", ".join(d.value for d in info.dims)
         raise RequestValidationError(
             f"{location.value} has {len(info.dims)} axes ({axes}); "
             f"got {len(index.tensor_indices)} tensor indices",
-            path=f"{path}.index.tensorIndices",
+            path=f"{path}.tensorIndices",
         )
     for k, (value, dim) in enumerate(zip(index.tensor_indices, info.dims, strict=True)):
         if value != "All":
-            check_index(value, dim, shape, f"{path}.index.tensorIndices.{k}")
+            check_index(value, dim, shape, f"{path}.tensorIndices.{k}")
 
 
 def check_ablated_node(node: MirroredNodeIndex, path: str, shape: Shape) -> None:

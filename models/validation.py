@@ -29,9 +29,10 @@ from models.checks import (
     check_loss_structure,
     check_tdb_spec,
     check_trace_levels,
+    check_within_layer_grad_index,
     trace_levels,
 )
-from models.errors import NotFoundError, RequestError, RequestValidationError, UnsupportedError
+from models.errors import NotFoundError, RequestError, RequestValidationError
 from models.indexing import AttentionTraceType
 from models.protocol import (
     BatchedRequest,
@@ -163,10 +164,10 @@ def _check_inference_spec(spec: InferenceRequestSpec, path: str, shape: Shape) -
                 path=f"{path}.lossFnConfig",
             )
     if spec.activation_index_for_within_layer_grad is not None:
-        raise UnsupportedError(
-            "activationIndexForWithinLayerGrad only serves autoencoder derived scalars, "
-            "which this server does not offer",
-            path=f"{path}.activationIndexForWithinLayerGrad",
+        check_within_layer_grad_index(
+            spec.activation_index_for_within_layer_grad,
+            f"{path}.activationIndexForWithinLayerGrad",
+            shape,
         )
 
 

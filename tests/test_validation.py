@@ -543,15 +543,56 @@ def test_v_trace_without_downstream_needs_a_loss(check):
     assert check("derived_scalars", with_trace(trace_config(HEAD, "V"), **LOSS)) is None
 
 
-def test_activation_index_for_within_layer_grad_is_unsupported(check):
-    index = {
-        "activationLocationType": "mlp.post_act",
-        "tensorIndices": [0, 1],
-        "layerIndex": 0,
-        "passType": "forward",
+WITHIN = "inferenceRequestSpec.activationIndexForWithinLayerGrad"
+
+
+def within_index(location="mlp.post_act", indices=(0, 1), layer=0, pass_type="forward") -> dict:
+    return {
+        "activationLocationType": location,
+        "tensorIndices": list(indices),
+        "layerIndex": layer,
+        "passType": pass_type,
     }
-    error = check("derived_scalars", ds({"activationIndexForWithinLayerGrad": index}))
-    assert_error(error, UnsupportedError, "inferenceRequestSpec.activationIndexForWithinLayerGrad")
+
+
+def test_activation_index_for_within_layer_grad_is_accepted_at_mlp_and_attention(check):
+    for location, indices in (
+        ("mlp.pre_act", (0, 1)),
+        ("mlp.post_act", (1, "All")),
+        ("attn.qk_logits", (2, 1, 0)),
+        ("attn.qk_probs", (2, 1, 3)),
+    ):
+        body = ds({"activationIndexForWithinLayerGrad": within_index(location, indices)})
+        assert check("derived_scalars", body) is None, location
+
+
+def test_activation_index_for_within_layer_grad_refusals(check):
+    def refused(index):
+        return check("derived_scalars", ds({"activationIndexForWithinLayerGrad": index}))
+
+    assert_error(
+        refused(within_index("resid.post_mlp", (0, 1))),
+        RequestValidationError,
+        f"{WITHIN}.activationLocationType",
+    )
+    assert_error(
+        refused(within_index("online_autoencoder_latent", (0, 1))),
+        UnsupportedError,
+        f"{WITHIN}.activationLocationType",
+    )
+    assert_error(
+        refused(within_index(pass_type="backward")), RequestValidationError, f"{WITHIN}.passType"
+    )
+    assert_error(refused(within_index(layer=None)), RequestValidationError, f"{WITHIN}.layerIndex")
+    assert_error(refused(within_index(layer=3)), RequestValidationError, f"{WITHIN}.layerIndex")
+    assert_error(
+        refused(within_index(indices=(0,))), RequestValidationError, f"{WITHIN}.tensorIndices"
+    )
+    assert_error(
+        refused(within_index(indices=(0, 9999))),
+        RequestValidationError,
+        f"{WITHIN}.tensorIndices.1",
+    )
 
 
 # -- derived scalars -------------------------------------------------------------------------

@@ -108,6 +108,12 @@ class ElementView:
                 "final-activation-residual-gradient scalars need a trace config that is not a V trace",
                 "inferenceRequestSpec.traceConfig",
             )
+        if None in self.trace.indices:
+            raise RequestValidationError(
+                "final-activation-residual-gradient scalars need one traced scalar: give every "
+                "tensor index of activationIndexForWithinLayerGrad as an integer",
+                "inferenceRequestSpec.activationIndexForWithinLayerGrad",
+            )
 
         def compute():
             name, layer = self.trace.residual_key

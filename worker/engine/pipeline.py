@@ -39,7 +39,7 @@ def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | Non
             result.hooks,
             row,
             result.lengths[row],
-            pl.element.trace,
+            pl.dst_trace,
             pl.fake_grad_index,
         )
         for row, pl in enumerate(plans)

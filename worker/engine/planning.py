@@ -45,6 +45,7 @@ class SubRequestPlan:
     specs: dict[str, object]
     fake_grad_index: Ablation | None
     paths: Paths
+    dst_trace: TracedNode | None  # the trace the DSTs' directions come from (§3.1, §6.6)
     stores: dict[tuple[str, bool], DstTensors] = field(default_factory=dict)
 
 
@@ -105,8 +106,10 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
         TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
     )
     element = ElementPlan(tokens=tokens, ablations=ablations, loss=loss, trace=trace)
+    within = spec_in.activation_index_for_within_layer_grad
+    dst_trace = TracedNode.from_activation_index(within) if within is not None else trace
     fake = ablations[0] if len(ablations) == 1 else None
-    return SubRequestPlan(tokens, element, dict(sub.processing_request_spec_by_name), fake, paths)
+    return SubRequestPlan(tokens, element, dict(sub.processing_request_spec_by_name), fake, paths, dst_trace)
 
 
 def _all_layers(points, n_layers: int) -> set:
@@ -135,10 +138,12 @@ def requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
                     grads = d.grad_points + (d.backward_grad_points if derive else ())
                     save_grad |= _all_layers(grads, n_layers)
                     if d.direction:
-                        trace = plan.element.trace
+                        trace = plan.dst_trace
                         save_grad.add(
                             trace.residual_key if trace else ("resid.post_mlp", n_layers - 1)
                         )
+                    if d.activation_direction and plan.dst_trace is not None:
+                        save_forward.add(plan.dst_trace.residual_key)
                     needs_backward = needs_backward or bool(grads) or d.direction
     return save_forward, save_grad, needs_backward
 

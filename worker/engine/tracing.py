@@ -47,6 +47,22 @@ class TracedNode:
             downstream=None if down is None else cls.from_config(down),
         )
 
+    @classmethod
+    def from_activation_index(cls, index) -> TracedNode:
+        """The trace TDB derives from `activationIndexForWithinLayerGrad` (engine.md §6.6):
+        pre for mlp.pre_act / attn.qk_logits, post for mlp.post_act / attn.qk_probs, QK for
+        attention, layer-norm scale detached; "All" becomes an unknown (None) index."""
+        location = _value(index.activation_location_type)
+        attention = location.startswith("attn.")
+        return cls(
+            node_type="attention_head" if attention else "mlp_neuron",
+            layer=index.layer_index,
+            indices=tuple(None if i == "All" else i for i in index.tensor_indices),
+            post=location in ("mlp.post_act", "attn.qk_probs"),
+            detach_scale=True,
+            trace_type="QK" if attention else None,
+        )
+
     @property
     def residual_key(self) -> tuple[str, int | None]:
         """The hook point holding the residual stream this node reads."""
