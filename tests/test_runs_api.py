@@ -357,3 +357,46 @@ def test_identical_request_is_answered_from_the_store(client, app_sessions, engi
     # a hit of a hit points at the job that computed the result
     again = client.post("/v1/batched_tdb", json=PAIR["request"]).get_json()
     assert client.get(f"/v1/jobs/{again['id']}").get_json()["cacheOf"] == first
+
+
+# --- the same on PostgreSQL -----------------------------------------------------------------
+
+
+@pytest.fixture
+def backend_app(tmp_path, db_url, golden_model_dir):
+    """The API on each database backend in turn (the ``app`` fixture is SQLite only)."""
+    from api.app import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "data_dir": tmp_path,
+            "database_url": db_url,
+            "broker_url": f"filesystem://{tmp_path / 'broker'}",
+            "model": str(golden_model_dir),
+        }
+    )
+    yield app
+    app.extensions["actq.engine"].dispose()
+
+
+def test_history_comparison_baseline_and_cache_on_each_backend(backend_app, revision):
+    client, sessions = backend_app.test_client(), backend_app.extensions["actq.sessionmaker"]
+    job = store_finished(sessions, PAIR["request"], PAIR["response"], revision=revision, tags=["t"])
+    assert _addresses(client, "ablates=attention_head:1:14,0,0&tag=t") == [f"{job}/1"]
+    assert _addresses(client, f"samePromptAs={job}/1&hasAblations=false") == [f"{job}/0"]
+    assert (
+        client.get(f"/v1/runs/{job}/1").get_json()["request"] == PAIR["request"]["subRequests"][1]
+    )
+    result = client.get(f"/v1/compare?a={job}/0&b={job}/1").get_json()
+    assert result["differs"] == ["ablations"]
+    assert result["loss"]["delta"] == _loss(PAIR["response"], 1) - _loss(PAIR["response"], 0)
+    assert client.get(f"/v1/runs/{job}/1/baseline").get_json()["baseline"]["run"] == f"{job}/0"
+    assert client.patch(f"/v1/jobs/{job}", json={"addTags": ["u"]}).get_json()["tags"] == ["t", "u"]
+    assert _addresses(client, "tag=u") == [f"{job}/1", f"{job}/0"]
+    hit = client.post("/v1/batched_tdb", json=PAIR["request"]).get_json()
+    assert hit["status"] == "finished"
+    assert client.get(f"/v1/jobs/{hit['id']}").get_json()["cacheOf"] == job
+    assert (
+        client.get(f"/v1/jobs/{hit['id']}/result").data == client.get(f"/v1/jobs/{job}/result").data
+    )
