@@ -149,8 +149,10 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
     for sub in request["subRequests"]:  # layer 0 exists in every model (tiny-gpt2 has 2 layers)
         for ablation in sub["nodeAblations"]:
             ablation["nodeIndex"]["layerIndex"] = 0
-    (workdir / name).mkdir()
-    stack = start_stack(workdir / name, fresh_database(db_server), broker, spec, data_dir)
+    (workdir / f"stack-{name}").mkdir()
+    stack = start_stack(
+        workdir / f"stack-{name}", fresh_database(db_server), broker, spec, data_dir
+    )
     client = Client(stack.url, timeout=120)
     local_model = load_in_process(spec, data_dir)
     try:
