@@ -7,6 +7,7 @@ what SQLAlchemy and kombu need, so every process derives the same URLs the same 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,14 +31,40 @@ class Settings(BaseSettings):
     device: str | None = None
     data_dir: Path | None = None
     api_url: str = DEFAULT_API_URL  # where the CLI finds a running service
+    api_key: str | None = None  # the key the CLI and api.client send (Authorization: Bearer)
 
     max_wait_seconds: float = Field(default=60.0, gt=0)  # cap of ?wait= on /v1 routes
     tdb_wait_seconds: float = Field(default=600.0, gt=0)  # how long TDB-compatible routes wait
     lease_seconds: float = Field(default=600.0, gt=0)  # a heartbeat older than this is stale
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: lease / 10, <= 30
-    visibility_timeout_seconds: int = Field(default=7200, gt=0)  # above the longest job
+    visibility_timeout_seconds: int | None = Field(default=None, gt=0)  # default: the lease
     worker_pool: str = "prefork"
     worker_alive_file: Path | None = None  # touched every few seconds by a running worker
+
+    # Reliability (worker.reaper, worker.tasks): attempts, the reaper's period, time limits.
+    max_attempts: int = Field(default=3, ge=1)  # claims of one job before it fails for good
+    reap_seconds: float = Field(default=5.0, gt=0)  # how often each worker's reaper sweeps
+    job_time_limit: float | None = Field(default=3600.0, gt=0)  # hard: the process is killed
+    job_soft_time_limit: float | None = Field(default=None, gt=0)  # default: 95% of the hard
+    # Test and rehearsal knob, off by default: sleep this long in the engine stage of each job
+    # (of jobs carrying ``debug_delay_tag`` only, when that is set), e.g. to kill a worker mid-job.
+    debug_delay_seconds: float = Field(default=0.0, ge=0)
+    debug_delay_tag: str | None = None
+
+    # Input limits (api.limits): answered with 413 or 422 naming the field.
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_prompt_tokens: int | None = Field(default=None, gt=0)  # default: the context window
+    max_top_k: int = Field(default=5000, gt=0)  # topAndBottomK, numTopTokens, numTokens, ...
+    max_sub_requests: int = Field(default=64, gt=0)  # per batched / batched_tdb request
+    max_specs_per_sub_request: int = Field(default=64, gt=0)  # processingRequestSpecByName
+    max_tags: int = Field(default=20, ge=0)
+    max_tag_chars: int = Field(default=100, gt=0)
+    max_label_chars: int = Field(default=200, gt=0)
+
+    # API keys and rate limits (api.auth, api.ratelimit).
+    rate_per_minute: float = Field(default=1200.0, ge=0)  # per API key; 0: no limit
+    rate_burst: int = Field(default=120, gt=0)  # requests a key may make at once
+    allow_open_bind: bool = False  # serve other hosts with no API keys (trusted networks only)
 
     def data_path(self) -> Path:
         if self.data_dir is not None:
@@ -63,6 +90,18 @@ class Settings(BaseSettings):
         if self.heartbeat_seconds is not None:
             return self.heartbeat_seconds
         return max(0.5, min(30.0, self.lease_seconds / 10))
+
+    def visibility_timeout(self) -> int:
+        """Redis gives an unacknowledged message to another worker after this (the lease)."""
+        if self.visibility_timeout_seconds is not None:
+            return self.visibility_timeout_seconds
+        return max(1, math.ceil(self.lease_seconds))
+
+    def soft_time_limit(self) -> float | None:
+        """Seconds of engine time after which a job is interrupted and fails with ``timeout``."""
+        if self.job_soft_time_limit is not None:
+            return self.job_soft_time_limit
+        return None if self.job_time_limit is None else self.job_time_limit * 0.95
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -101,7 +140,7 @@ def celery_config(settings: Settings) -> dict:
     """
     url, options = broker_transport(settings.broker())
     if url.startswith(("redis://", "rediss://", "redis+socket://")):
-        options["visibility_timeout"] = settings.visibility_timeout_seconds
+        options["visibility_timeout"] = settings.visibility_timeout()
     return {
         "broker_url": url,
         "broker_transport_options": options,

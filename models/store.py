@@ -123,13 +123,20 @@ def get_job(session: Session, job_id: str) -> Job | None:
 
 
 def claim_job(
-    session: Session, job_id: str, worker: str, lease_seconds: float, now: dt.datetime | None = None
+    session: Session,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+    max_attempts: int | None = None,
 ) -> int | None:
     """Move the job to ``started`` for ``worker``; return the attempt number, or None.
 
     A ``queued`` job can be claimed; so can a ``started`` one whose heartbeat is older than the
-    lease (its worker died and the broker delivered the message again). Anything else, including a
-    job that already finished, is left alone: the message was a duplicate.
+    lease (its worker died and the broker delivered the message again), unless it was asked to
+    cancel. Anything else, including a job that already finished, is left alone: the message was
+    a duplicate. A job that has had ``max_attempts`` claims is not claimed again (the reaper
+    fails it, ``models.recovery``).
     """
     now = now or utcnow()
     stale = now - dt.timedelta(seconds=lease_seconds)
@@ -137,9 +144,12 @@ def claim_job(
         Job.status == JobStatus.QUEUED.value,
         and_(
             Job.status == JobStatus.STARTED.value,
+            Job.cancel_requested_at.is_(None),
             or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
         ),
     )
+    if max_attempts is not None:
+        claimable = and_(claimable, Job.attempts < max_attempts)
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable)

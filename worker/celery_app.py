@@ -6,6 +6,11 @@ broker settings the API publishes with) and registers ``actq.run_job``. The work
 job's outcome is stored, so a worker that dies mid-job leaves the message to the broker: Redis
 delivers it again after ``visibility_timeout``, and the claim step decides whether it runs again
 (see ``worker.tasks``). Results are ignored; the jobs table is the source of truth.
+
+The main process of every worker also runs the reaper (``worker.reaper``) in a thread, and fails
+a job with ``timeout`` when Celery kills the pool process that ran it at the hard time limit
+(``ACTQ_JOB_TIME_LIMIT``; the prefork pool enforces it, the solo pool of the embedded mode does
+not, and relies on the soft limit).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import time
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure, worker_process_init, worker_ready
 
 from models.jobs import queue_name
 from models.settings import Settings, celery_config, ensure_broker_folders
@@ -35,12 +41,56 @@ def create_celery(settings: Settings, model_name: str) -> Celery:
         task_default_queue=queue_name(model_name),
         task_create_missing_queues=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_time_limit=settings.job_time_limit,
     )
     tasks.configure(settings)
     tasks.register(app)
     if settings.worker_alive_file:
         _touch_when_ready(Path(settings.worker_alive_file))
+    _reap_when_ready(app, settings)
+    _fail_jobs_at_hard_time_limit(settings)
     return app
+
+
+def _reap_when_ready(app: Celery, settings: Settings) -> None:
+    """Once the worker consumes, run the reaper in a thread of this (main) process."""
+    from models.jobs import TASK_NAME
+    from worker import reaper, tasks
+
+    def publish(job_id: str, model: str) -> None:
+        app.send_task(TASK_NAME, args=[job_id], queue=queue_name(model))
+
+    def on_ready(**_kwargs) -> None:
+        marker = reaper.broker_marker(settings)
+        reaper.start_thread(reaper.Reaper(settings, tasks.process_sessions(), publish, marker))
+        log.info(
+            "Reaper: sweeping every %ss (lease %ss)", settings.reap_seconds, settings.lease_seconds
+        )
+
+    worker_ready.connect(on_ready, weak=False)
+
+
+def _fail_jobs_at_hard_time_limit(settings: Settings) -> None:
+    """When Celery kills a pool process at the hard limit, fail its job with ``timeout``."""
+    from worker import tasks
+
+    def on_failure(sender=None, args=None, exception=None, **_kwargs) -> None:
+        if not isinstance(exception, TimeLimitExceeded) or not args:
+            return
+        node = _node_name.get("name")
+        if node:
+            tasks.fail_on_hard_timeout(args[0], node, settings.job_time_limit)
+
+    task_failure.connect(on_failure, weak=False)
+
+
+_node_name: dict[str, str] = {}
+
+
+@worker_ready.connect
+def _remember_node_name(sender=None, **_kwargs) -> None:
+    if sender is not None and getattr(sender, "hostname", None):
+        _node_name["name"] = sender.hostname
 
 
 def _touch_when_ready(path: Path, every: float = 5.0) -> None:
