@@ -20,6 +20,7 @@ from models.settings import Settings
 ROUTE_MODULES: list[str] = [
     "api.errors",
     "api.database",
+    "api.auth",
     "api.queue",
     "api.served",
     "api.jobs",
@@ -29,15 +30,14 @@ ROUTE_MODULES: list[str] = [
 # Route modules that another part of the project may add later; registered when present.
 OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
-
 
 def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     app.config["ACTQ_SETTINGS"] = _settings(app, config)
+    if app.config.get("MAX_CONTENT_LENGTH") is None:  # a Flask key in ``config`` wins
+        app.config["MAX_CONTENT_LENGTH"] = app.config["ACTQ_SETTINGS"].max_body_bytes
     for name in ROUTE_MODULES:
         importlib.import_module(name).init_app(app)
     for name in OPTIONAL_ROUTE_MODULES:

@@ -1,9 +1,10 @@
 """The ``actq`` command: the one composition root of the project.
 
 Commands that talk to a running service (``submit``, ``status``, ``result``, ``wait``,
-``history``) use ``api.client``; ``api``, ``worker`` and ``db upgrade`` start the production pieces;
-``up`` and ``demo`` the embedded stack; ``run`` runs the engine in-process. Only ``run`` and
-``worker`` reach into ``worker/`` (and so torch), and only inside the command.
+``history``) use ``api.client``; ``api``, ``worker``, ``reap`` and ``db upgrade`` start the
+production pieces (``keys``, in ``api.cli_keys``, manages API keys); ``up`` and ``demo`` the
+embedded stack; ``run`` runs the engine in-process. Only ``run``, ``worker`` and ``reap`` reach
+into ``worker/`` (``reap`` without torch), and only inside the command.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from models.settings import Settings
 
 EXIT_REQUEST_ERROR = 2
 # Modules that add commands: each has ``add_commands(subparsers)``; loaded when present.
-EXTRA_COMMAND_MODULES = ["api.cli_compare"]
+EXTRA_COMMAND_MODULES = ["api.cli_compare", "api.cli_keys"]
 
 
 def _read_request(path: str | None) -> bytes | None:
@@ -83,12 +84,35 @@ def _redacted(url: str) -> str:
         return "?"
 
 
+def _checked_bind(settings: Settings, bind: str) -> str | None:
+    """``bind``, or its loopback twin when no API key is configured (saying so); None: no DB."""
+    from api.auth import safe_bind
+
+    if bind.startswith("unix:"):
+        return bind
+    host, _, port = bind.rpartition(":")
+    try:
+        host, note = safe_bind(settings, host)
+    except Exception as error:
+        print(
+            f"actq: cannot reach the database to look for API keys ({type(error).__name__}: "
+            f"{error}); run `actq db upgrade` first, and check ACTQ_DATABASE_URL",
+            file=sys.stderr,
+        )
+        return None
+    print(note, file=sys.stderr, flush=True)
+    return f"{host}:{port}"
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     settings = Settings()
+    bind = _checked_bind(settings, args.bind)
+    if bind is None:
+        return 1
     options = {
-        "bind": args.bind,
+        "bind": bind,
         "workers": args.workers,
         "worker_class": "gthread",
         "threads": args.threads,
@@ -140,6 +164,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     app.worker_main(argv)
     return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    """One sweep of the reaper (or ``--loop``): requeue or fail abandoned jobs, publish the rest."""
+    import threading
+
+    from api.queue import make_producer
+    from models.db import make_engine, make_sessionmaker
+    from models.jobs import TASK_NAME, queue_name
+    from worker.reaper import Reaper, broker_marker
+
+    settings = Settings()
+    producer = make_producer(settings)
+
+    def publish(job_id: str, model: str) -> None:
+        producer.send_task(TASK_NAME, args=[job_id], queue=queue_name(model))
+
+    engine = make_engine(settings.database())
+    reaper = Reaper(settings, make_sessionmaker(engine), publish, broker_marker(settings))
+    try:
+        if args.loop:
+            reaper.run(threading.Event())
+            return 0
+        print(f"actq: reaper: {reaper.sweep().summary()}", file=sys.stderr)
+        return 0
+    finally:
+        engine.dispose()
 
 
 # --- the embedded stack -------------------------------------------------------------------
@@ -308,6 +359,9 @@ def _add_process_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("reap", help="requeue jobs of dead workers, publish jobs with no message")
+    p.add_argument("--loop", action="store_true", help="sweep every ACTQ_REAP_SECONDS, forever")
+    p.set_defaults(func=cmd_reap)
     p = sub.add_parser("db", help="database schema")
     db = p.add_subparsers(dest="db_command", required=True)
     up = db.add_parser("upgrade", help="apply the migrations (ACTQ_DATABASE_URL)")

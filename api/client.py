@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from models.settings import DEFAULT_API_URL
+from models.settings import DEFAULT_API_URL, Settings
 
 PENDING = ("queued", "started")
 
@@ -44,10 +44,14 @@ def _body(response: requests.Response) -> Any:
 
 
 class Client:
-    def __init__(self, url: str = DEFAULT_API_URL, timeout: float = 30.0):
+    def __init__(self, url: str = DEFAULT_API_URL, timeout: float = 30.0, key: str | None = None):
+        """``key``: the API key to send (default: ``ACTQ_API_KEY``, when set)."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.http = requests.Session()
+        key = key if key is not None else Settings().api_key
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
 
     def _get(self, path: str, params=None, timeout: float | None = None) -> requests.Response:
         return self.http.get(self.url + path, params=params, timeout=timeout or self.timeout)

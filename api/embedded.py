@@ -99,12 +99,15 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
 def serve(settings: Settings, host: str, port: int) -> int:
     """Run the embedded stack in the foreground until interrupted; returns an exit code."""
     from api.app import create_app
+    from api.auth import safe_bind
     from api.queue import make_producer
     from models.jobs import TASK_NAME, queue_name
 
     data = settings.data_path()
     data.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.database())
+    host, note = safe_bind(settings, host)
+    print(note, file=sys.stderr, flush=True)
     producer = make_producer(settings)
 
     def publish(job_id: str, model: str) -> None:

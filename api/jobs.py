@@ -4,6 +4,9 @@
 ``?wait=S`` the TDB response itself if the job finished within S seconds. ``GET /v1/jobs/<id>``
 is the job's status, ``GET /v1/jobs/<id>/result`` the stored TDB response byte for byte (``202``
 while pending, the stored error with its status if it failed), ``GET /v1/jobs`` the history.
+``POST /v1/jobs/<id>/cancel`` cancels a queued job at once (``200``) and asks a started one to stop
+at its next stage boundary (``202``); a job that already finished or failed is a ``409``. Every
+route sees only the caller's jobs (``api.auth``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from api.database import get_session
 from api.schemas import JobList, accepted, job_view
 from api.submission import submit, wait_cap, wait_for
-from models.errors import NotFoundError, RequestValidationError
+from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.jobs import ENDPOINTS, JobStatus
 from models.records import Job
+from models.recovery import request_cancel
 from models.store import JobFilter, get_job, list_jobs, response_bytes
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
@@ -120,6 +124,28 @@ def job_result(job_id: str):
     if JobStatus(job.status).is_final:
         return result_response(job)
     return pending_response(job)
+
+
+class ConflictError(ActqError):
+    status = 409
+    type = "conflict"
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = _find(job_id)
+    session = get_session()
+    status = request_cancel(session, job.id)
+    session.commit()
+    session.refresh(job)
+    if status in (JobStatus.FINISHED, JobStatus.FAILED):
+        raise ConflictError(f"job {job_id} already {status}; nothing to cancel", path="id")
+    response = jsonify(job_view(job).body())
+    if status == JobStatus.STARTED:  # it stops at its next stage boundary
+        response.status_code = 202
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
 
 
 def _choice(name: str, allowed) -> str | None:

@@ -67,6 +67,9 @@ class JobView(ApiModel):
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    cancel_requested_at: dt.datetime | None = Field(
+        None, description="set by POST /v1/jobs/{id}/cancel; a started job stops at its next stage"
+    )
     queued_seconds: float | None = Field(None, description="from creation to the last start")
     run_seconds: float | None = Field(None, description="from the last start to the end")
     engine_seconds: float | None = None
@@ -152,6 +155,7 @@ def job_view(job: Job) -> JobView:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        cancel_requested_at=job.cancel_requested_at,
         queued_seconds=_seconds(job.created_at, job.started_at),
         run_seconds=_seconds(job.started_at, job.finished_at),
         engine_seconds=job.engine_seconds,

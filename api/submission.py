@@ -1,9 +1,14 @@
 """Submitting a job and waiting for it: shared by the ``/v1`` routes and the TDB-compatible ones.
 
-Order matters: parse the body, check it against the model's shape, insert the job ``queued``,
-commit, and only then publish the message. A request that fails any check is answered at once with
-a 4xx and leaves nothing behind. If the broker refuses the message, the job row is removed again
-and the client gets a 503 with ``Retry-After``: an accepted job always has a message.
+Order matters: parse the body, check it against the input limits (``api.limits``) and the
+model's shape, insert the job ``queued`` (owned by the caller's key, ``api.auth``), commit, and
+only then publish the message. A request that fails any check is answered at once with a 4xx and
+leaves nothing behind.
+
+The job table is the outbox: the job is committed with ``published_at`` NULL and marked published
+once the broker took its message. If the broker is down the job is still accepted (202, status
+``queued``): the reaper of any worker (``worker.reaper``) publishes it as soon as the broker is
+back, so an accepted job is never left without a message.
 """
 
 from __future__ import annotations
@@ -15,38 +20,28 @@ from flask import current_app, has_request_context
 from flask import request as http_request
 from sqlalchemy.orm import Session
 
+from api import limits
+from api.auth import current_owner
 from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
-from models.errors import ActqError, NotFoundError, RequestValidationError
+from models.errors import NotFoundError
 from models.jobs import ENDPOINTS, JobStatus
 from models.protocol import parse_request, to_wire
 from models.records import Job
+from models.recovery import mark_published
 from models.result_cache import reuse_result
 from models.store import create_job, get_job
 from models.validation import validate_request
 
 log = logging.getLogger(__name__)
 
-MAX_TAGS = 20
 POLL_CAP_SECONDS = 0.05  # longest pause between two looks at a waited-for job
-MAX_TAG_CHARS = 100
-MAX_LABEL_CHARS = 200
-
-
-class ServiceUnavailable(ActqError):
-    status = 503
-    type = "service_unavailable"
 
 
 def check_metadata(label: str | None, tags: list[str]) -> None:
-    if label is not None and len(label) > MAX_LABEL_CHARS:
-        raise RequestValidationError(f"label longer than {MAX_LABEL_CHARS} characters", "label")
-    if len(tags) > MAX_TAGS:
-        raise RequestValidationError(f"more than {MAX_TAGS} tags", "tag")
-    for tag in tags:
-        if not tag or len(tag) > MAX_TAG_CHARS:
-            raise RequestValidationError(f"a tag must have 1 to {MAX_TAG_CHARS} characters", "tag")
+    """The label and tags against ``ACTQ_MAX_LABEL_CHARS``, ``ACTQ_MAX_TAGS``, ..."""
+    limits.check_metadata(label, tags, limits.limits())
 
 
 def parse_and_validate(endpoint: str, body: bytes, model_name: str | None):
@@ -57,6 +52,7 @@ def parse_and_validate(endpoint: str, body: bytes, model_name: str | None):
     if endpoint == "model_info":
         return served, None
     parsed = parse_request(endpoint, body)
+    limits.check_request(parsed, served.tokenizer, limits.limits())
     validate_request(endpoint, parsed, served.meta, served.tokenizer)
     return served, to_wire(parsed)
 
@@ -73,6 +69,7 @@ def submit(
     check_metadata(label, tags)
     served, request = parse_and_validate(endpoint, body, model_name)
     session = get_session()
+    owner = current_owner()
     if not fresh_requested():
         hit = reuse_result(
             session,
@@ -82,6 +79,7 @@ def submit(
             request=request,
             label=label,
             tags=tags,
+            owner=owner,
         )
         if hit is not None:
             session.commit()
@@ -95,15 +93,31 @@ def submit(
         request=request,
         label=label,
         tags=tags,
+        owner=owner,
     )
     session.commit()
+    publish(session, job)
+    return job
+
+
+def publish(session: Session, job: Job) -> bool:
+    """Hand the committed job's message to the broker and mark it published (the outbox).
+
+    On a broker error the job stays queued and unpublished; a worker's reaper publishes it when
+    the broker is back. Returns whether the broker took the message now.
+    """
     try:
         publish_job(job.id, job.model)
-    except Exception as error:  # the broker is down: take the job back
-        log.error("Job %s: could not publish (%s); removing it", job.id, error)
-        _remove(session, job)
-        raise ServiceUnavailable("the job queue is unavailable; try again shortly") from error
-    return job
+    except Exception as error:
+        log.warning("Job %s: broker unavailable (%s); the reaper will publish it", job.id, error)
+        return False
+    try:
+        mark_published(session, job.id)
+        session.commit()
+    except Exception as error:  # not marked: the reaper sends a duplicate, which is harmless
+        session.rollback()
+        log.warning("Job %s: published but not marked (%s)", job.id, error)
+    return True
 
 
 def fresh_requested() -> bool:
@@ -112,11 +126,6 @@ def fresh_requested() -> bool:
         return False
     raw = http_request.args.get("fresh") or http_request.headers.get("X-Actq-Fresh") or ""
     return raw.lower() in ("1", "true", "yes")
-
-
-def _remove(session: Session, job: Job) -> None:
-    session.delete(job)
-    session.commit()
 
 
 def wait_for(job_id: str, seconds: float) -> Job | None:
