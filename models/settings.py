@@ -46,10 +46,9 @@ class Settings(BaseSettings):
     reap_seconds: float = Field(default=5.0, gt=0)  # how often each worker's reaper sweeps
     job_time_limit: float | None = Field(default=3600.0, gt=0)  # hard: the process is killed
     job_soft_time_limit: float | None = Field(default=None, gt=0)  # default: 95% of the hard
-    # Test and rehearsal knob, off by default: sleep this long in the engine stage of each job
-    # (of jobs carrying ``debug_delay_tag`` only, when that is set), e.g. to kill a worker mid-job.
-    debug_delay_seconds: float = Field(default=0.0, ge=0)
-    debug_delay_tag: str | None = None
+    # Test and rehearsal knob, off by default: when on, a job tagged ``debug-delay=SECONDS``
+    # sleeps that long in its engine stage (to kill a worker mid-job, to pass a time limit).
+    debug_delays: bool = False
 
     # Input limits (api.limits): answered with 413 or 422 naming the field.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)

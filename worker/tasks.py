@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 DB_CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 STORE_PATIENCE_SECONDS = 600.0  # how long to retry storing an outcome (the lease, by default)
+DEBUG_DELAY_TAG = "debug-delay"  # ``debug-delay=SECONDS``, honoured with ACTQ_DEBUG_DELAYS=1
 
 Runner = Callable[[str, Any, Any], dict]
 
@@ -75,8 +76,7 @@ class JobLimits:
     max_attempts: int | None = None
     soft_time_limit: float | None = None
     store_patience: float = STORE_PATIENCE_SECONDS
-    delay_seconds: float = 0.0  # ACTQ_DEBUG_DELAY_SECONDS
-    delay_tag: str | None = None
+    debug_delays: bool = False  # ACTQ_DEBUG_DELAYS: honour ``debug-delay=SECONDS`` tags
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimits:
@@ -86,14 +86,21 @@ class JobLimits:
             max_attempts=settings.max_attempts,
             soft_time_limit=settings.soft_time_limit(),
             store_patience=settings.lease_seconds,
-            delay_seconds=settings.debug_delay_seconds,
-            delay_tag=settings.debug_delay_tag,
+            debug_delays=settings.debug_delays,
         )
 
     def delay_for(self, tags: list[str]) -> float:
-        if self.delay_tag is not None and self.delay_tag not in (tags or []):
+        """Seconds a job with these tags sleeps in its engine stage (0 unless the knob is on)."""
+        if not self.debug_delays:
             return 0.0
-        return self.delay_seconds
+        for tag in tags or []:
+            name, _, value = tag.partition("=")
+            if name == DEBUG_DELAY_TAG:
+                try:
+                    return max(0.0, float(value))
+                except ValueError:
+                    return 0.0
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -304,7 +311,7 @@ def execute_job(
 
 
 def _delayed(runner: Runner | None, seconds: float) -> Runner:
-    """The runner after a pause (``ACTQ_DEBUG_DELAY_SECONDS``: rehearsing a slow job)."""
+    """The runner after a pause (``ACTQ_DEBUG_DELAYS``: rehearsing a slow job)."""
 
     def run(endpoint: str, request: Any, model: Any) -> dict:
         time.sleep(seconds)
