@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from models.errors import NotFoundError
 from models.model_meta import TINY_GPT2_CONFIG, resolve_model
 from models.tokenizer import load_tokenizer
+from tests.shared_dir import ORACLE_MODEL
 from worker.engine.loading import ensure_tiny_gpt2, load_state_dict
 
-GOLDEN = Path("/work/shared/golden/oracle-gpt2-tiny")
+GOLDEN = ORACLE_MODEL
 # sha256 of the generated model.safetensors: the same on every machine and run.
 TINY_GPT2_SHA256 = "07c52452d9805dd2a0aebe1c6205ba585c6a4478bc8473a1bf1099ccb101a625"
 PROMPT = "Paris is the capital of France, and Berlin is the capital of"

@@ -15,8 +15,9 @@ from models.model_meta import (
     resolve_model,
     tiny_gpt2_dir,
 )
+from tests.shared_dir import ORACLE_MODEL
 
-GOLDEN = Path("/work/shared/golden/oracle-gpt2-tiny")
+GOLDEN = ORACLE_MODEL
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -10,9 +10,9 @@ import pytest
 from models.errors import RequestError
 from models.model_meta import resolve_model
 from models.tokenizer import Gpt2Tokenizer, excluded_token_ids, load_tokenizer
+from tests.shared_dir import CASES, ORACLE_MODEL
 
-GOLDEN = Path("/work/shared/golden/oracle-gpt2-tiny")
-CASES = Path("/work/shared/golden/cases")
+GOLDEN = ORACLE_MODEL
 EXCLUDED_FILE = (
     Path(__file__).parent.parent / "models" / "data" / "least_common_gpt2_token_strings.json"
 )
