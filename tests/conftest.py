@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_dir import GOLDEN
 from tests.stack import Stack, free_port, healthy, wait_until, worker_ready
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ACTQ_SHARED_DIR") or REPO.parent / "shared")
-if not SHARED.is_dir() and Path("/work/shared").is_dir():
-    SHARED = Path("/work/shared")
-GOLDEN_DIR = SHARED / "golden"
+GOLDEN_DIR = GOLDEN
 GOLDEN_MODEL = GOLDEN_DIR / "oracle-gpt2-tiny"
 GOLDEN_MODEL_NAME = "oracle-gpt2-tiny"
 TIMING_FIELDS = {"inferenceTime", "memoryUsedBefore", "memoryUsedAfter"}
