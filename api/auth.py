@@ -1,7 +1,8 @@
 """API keys on every request, and the rule that each caller sees only what its key made.
 
-``Authorization: Bearer KEY`` names the caller. The key's name is the owner of the jobs it submits
-(``models.keys``). Visibility is enforced in the queries, not in the views: every ORM ``SELECT``
+``Authorization: Bearer KEY`` names the caller (a browser, for the HTML pages, may send the key as
+the password of HTTP Basic authentication, which it asks for on a 401). The key's name is the
+owner of the jobs it submits (``models.keys``). Visibility is enforced in the queries, not in the views: every ORM ``SELECT``
 made through the app's sessions gets ``Job.owner = <caller>`` on jobs and the same condition (on
 the run's job) on runs (SQLAlchemy's ``with_loader_criteria``, added in a ``do_orm_execute`` hook),
 so the job, run, history, comparison and page routes all see only the caller's rows; another
@@ -68,15 +69,23 @@ def _reply(status: int, type_: str, message: str, headers: dict[str, str]) -> Re
     return response
 
 
-def _bearer() -> str | None:
+CHALLENGE = 'Bearer realm="actq", Basic realm="actq"'
+
+
+def _presented_key() -> str | None:
+    """The key of ``Authorization: Bearer KEY``, or the password of ``Basic`` (for browsers)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer":
+        return token.strip() or None
+    if scheme.lower() == "basic" and request.authorization is not None:
+        return request.authorization.password or None
+    return None
 
 
 def identify() -> Caller | Response:
     """The caller of this request, or the 401 to answer."""
-    token = _bearer()
+    token = _presented_key()
     session = get_session()
     if token is None:
         if any_active_key(session):
@@ -84,23 +93,20 @@ def identify() -> Caller | Response:
                 401,
                 "unauthorized",
                 "this service needs an API key: send Authorization: Bearer KEY",
-                {"WWW-Authenticate": 'Bearer realm="actq"'},
+                {"WWW-Authenticate": CHALLENGE},
             )
         if not open_to(request.remote_addr or ""):
             return _reply(
                 401,
                 "unauthorized",
                 "no API keys are configured, so this service answers local clients only",
-                {"WWW-Authenticate": 'Bearer realm="actq"'},
+                {"WWW-Authenticate": CHALLENGE},
             )
         return Caller(owner=None, admin=True, bucket="", rate_per_minute=0.0)  # no limit
     key = find_key(session, token)
     if key is None:
         return _reply(
-            401,
-            "unauthorized",
-            "unknown or revoked API key",
-            {"WWW-Authenticate": 'Bearer realm="actq", error="invalid_token"'},
+            401, "unauthorized", "unknown or revoked API key", {"WWW-Authenticate": CHALLENGE}
         )
     return Caller(key.name, key.admin, f"key:{key.id}", key.rate_per_minute)
 
@@ -154,7 +160,9 @@ def only_visible_rows(state: ORMExecuteState) -> None:
         with_loader_criteria(Job, lambda cls: cls.owner == owner, include_aliases=True),
         with_loader_criteria(
             Run,
-            lambda cls: exists().where(Job.id == cls.job_id, Job.owner == owner),
+            lambda cls: (
+                exists().where(Job.id == cls.job_id, Job.owner == owner).correlate_except(Job)
+            ),  # the subquery keeps its own jobs even when the query has some
             include_aliases=True,
         ),
     )
