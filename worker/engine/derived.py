@@ -41,7 +41,9 @@ class ElementView:
         length: int,
         trace: TracedNode | None,
         fake_grad_index=None,
+        path: str = "inferenceRequestSpec",
     ):
+        self.path = path  # of the sub-request's inference spec, for error messages
         self.weights = weights
         self.hooks = hooks
         self.row = row
@@ -106,13 +108,13 @@ class ElementView:
         if self.trace is None or self.trace.trace_type == "V":
             raise RequestValidationError(
                 "final-activation-residual-gradient scalars need a trace config that is not a V trace",
-                "inferenceRequestSpec.traceConfig",
+                f"{self.path}.traceConfig",
             )
         if None in self.trace.indices:
             raise RequestValidationError(
                 "final-activation-residual-gradient scalars need one traced scalar: give every "
                 "tensor index of activationIndexForWithinLayerGrad as an integer",
-                "inferenceRequestSpec.activationIndexForWithinLayerGrad",
+                f"{self.path}.activationIndexForWithinLayerGrad",
             )
 
         def compute():
@@ -262,7 +264,7 @@ def _vocab_token_write_to_input_direction(v: ElementView, layer):
         raise UnsupportedError(
             "vocab_token_write_to_input_direction needs exactly one ablation spec at mlp.post_act "
             "(its index names the neuron)",
-            "inferenceRequestSpec.ablationSpecs",
+            f"{v.path}.ablationSpecs",
         )
 
     def compute():

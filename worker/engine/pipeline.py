@@ -41,6 +41,7 @@ def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | Non
             result.lengths[row],
             pl.dst_trace,
             pl.fake_grad_index,
+            pl.paths.inference,
         )
         for row, pl in enumerate(plans)
     ]

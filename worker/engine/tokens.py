@@ -26,6 +26,12 @@ def write_vector(view: ElementView, node: Node, path: str | None = None) -> torc
         t, i = idx[0], idx[-1]
         return view.fwd("mlp.post_act", layer)[t, i] * view.weights.layers[layer].w_out[i]
     if node_type == "attention_head":
+        if len(idx) != 3:
+            raise RequestValidationError(
+                "token writes of attention heads need (query, key, head) nodes, which the "
+                "unflattened attention scalars give; this node list has (token, head) nodes",
+                path,
+            )
         q, k, h = idx
         return view.fwd("attn.qk_probs", layer)[q, k, h] * view.vo(layer)[k, h]
     if node_type == "layer" and layer is None:
