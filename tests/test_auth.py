@@ -51,7 +51,8 @@ def keyed(tmp_path, db_url, golden_model_dir):
     """The app on SQLite and on PostgreSQL with keys alice, bob and root (admin)."""
     app = _app(tmp_path, db_url, golden_model_dir)
     keys = _keys(app, ("alice", False, None), ("bob", False, None), ("root", True, None))
-    return app, keys
+    yield app, keys
+    app.extensions["actq.engine"].dispose()
 
 
 def _as(app, auth: str | None):
