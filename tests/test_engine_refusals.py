@@ -86,3 +86,21 @@ def test_final_activation_residual_gradients_need_a_trace(golden):
         caught.value.path == "inferenceRequestSpec.traceConfig"
         or "traceConfig" in caught.value.path
     )
+
+
+def test_sub_requests_sharing_a_spec_name_must_rank_the_same_node_types(golden):
+    def sub(dst: str) -> dict:
+        table = {"dstListByGroupId": {"singleton": [dst]}, "topAndBottomK": 2}
+        return {
+            "inferenceRequestSpec": {"prompt": PROMPT},
+            "processingRequestSpecByName": {"t": table},
+        }
+
+    with pytest.raises(RequestValidationError) as caught:
+        run(
+            "batched", {"inferenceSubRequests": [sub("mlp_post_act"), sub("attn_qk_probs")]}, golden
+        )
+    assert (
+        caught.value.path
+        == "inferenceSubRequests.0.processingRequestSpecByName.t.dstListByGroupId.singleton"
+    )

@@ -109,7 +109,9 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
     within = spec_in.activation_index_for_within_layer_grad
     dst_trace = TracedNode.from_activation_index(within) if within is not None else trace
     fake = ablations[0] if len(ablations) == 1 else None
-    return SubRequestPlan(tokens, element, dict(sub.processing_request_spec_by_name), fake, paths, dst_trace)
+    return SubRequestPlan(
+        tokens, element, dict(sub.processing_request_spec_by_name), fake, paths, dst_trace
+    )
 
 
 def _all_layers(points, n_layers: int) -> set:

@@ -77,7 +77,16 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
     stores = group_stores(plan, view, spec, path)
     activations = {}
     for gid, dsts in stores.items():
-        values = group_values(dsts, nodes)
+        try:
+            values = group_values(dsts, nodes)
+        except (
+            ValueError
+        ) as error:  # another sub-request of the batch gave this spec name other node types
+            raise RequestValidationError(
+                f"group {gid} cannot give values for the batch's node list ({error}); sub-requests "
+                "sharing a spec name must rank the same node types",
+                f"{path}.dstListByGroupId.{gid}",
+            ) from None
         if not all(math.isfinite(v) for v in values):
             raise RequestValidationError(
                 f"group {gid} has non-finite values (e.g. masked attention logits); they cannot be ranked",
@@ -92,7 +101,13 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
             dims = DST_INFO[DerivedScalarType(dst.name)].dims
             kept = [axis for axis, dim in enumerate(dims) if str_value(dim) in keep]
             total = intermediate_sum(dst, kept, derives_gradients(spec))
-            sums[gid][dst.name] = tensor_nd(total)
+            try:
+                sums[gid][dst.name] = tensor_nd(total)
+            except ValueError as error:
+                raise RequestValidationError(
+                    f"the intermediate sum of {dst.name} cannot be written: {error}",
+                    f"{path}.dimensionsToKeepForIntermediateSum",
+                ) from None
     vocab = [
         model.tokenizer.decode_token(n[1][-1])
         if n[0] == "vocab_token" and n[1][-1] is not None and n[1][-1] < model.meta.vocab_size
