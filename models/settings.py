@@ -139,7 +139,12 @@ def celery_config(settings: Settings) -> dict:
     """
     url, options = broker_transport(settings.broker())
     if url.startswith(("redis://", "rediss://", "redis+socket://")):
-        options["visibility_timeout"] = settings.visibility_timeout()
+        # Redis hands an unacknowledged message to another worker after the visibility timeout
+        # (the lease); look for such messages often enough that this is the real bound.
+        timeout = settings.visibility_timeout()
+        options["visibility_timeout"] = timeout
+        options["unacked_restore_interval"] = max(1, min(10, timeout // 4))
+        options["unacked_restore_throttle"] = 1
     return {
         "broker_url": url,
         "broker_transport_options": options,

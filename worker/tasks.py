@@ -425,7 +425,8 @@ def fail_on_hard_timeout(job_id: str, node: str, seconds: float | None) -> bool:
             return recovery.fail_timed_out(session, job_id, node, seconds)
 
     failed = with_db_retry(write, _state.settings.lease_seconds)
-    log.error("Job %s: killed at the hard time limit (%ss); failed=%s", job_id, seconds, failed)
+    if failed:  # Celery may report one kill twice; the second finds the job already failed
+        log.error("Job %s: killed at the hard time limit (%ss); failed", job_id, seconds)
     return failed
 
 
