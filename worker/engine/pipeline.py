@@ -14,6 +14,7 @@ from .derived import ElementView
 from .inference import run_pass
 from .planning import Paths, SubRequestPlan, group_stores, plan_sub_request, requirements
 from .responses import sub_response
+from .tokens import TokenScorer
 from .topk import Node, rank_spec
 
 
@@ -46,8 +47,9 @@ def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | Non
         for row, pl in enumerate(plans)
     ]
     node_lists = _node_lists(plans, views)
+    scorer = TokenScorer(model.weights, model.excluded_ids, model.tokenizer.decode_token)
     responses = [
-        sub_response(pl, view, node_lists, result, model, i)
+        sub_response(pl, view, node_lists, result, model, i, scorer)
         for i, (pl, view) in enumerate(zip(plans, views, strict=True))
     ]
     return {"inferenceSubResponses": responses}

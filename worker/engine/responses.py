@@ -15,7 +15,7 @@ from models.indexing import DST_INFO, DerivedScalarType
 from .attention_scalars import token_attention_scalars
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
-from .tokens import token_read_scores, token_write_scores, top_tokens
+from .tokens import TokenScorer, read_projection, write_projection
 from .topk import Node, group_values, intermediate_sum, tensor_nd
 
 
@@ -29,11 +29,13 @@ def node_json(node: Node) -> dict:
     }
 
 
-def sub_response(plan, view, node_lists, result: PassResult, model, index: int) -> dict:
+def sub_response(
+    plan, view, node_lists, result: PassResult, model, index: int, scorer: TokenScorer
+) -> dict:
     data = {}
     for name, spec in plan.specs.items():
         path = plan.paths.specs[name]
-        data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, path)
+        data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, scorer, path)
     return {
         "inferenceResponse": {"inferenceAndTokenData": _token_data(plan, result, model, index)},
         "processingResponseDataByName": data,
@@ -57,15 +59,15 @@ def _token_data(plan, result: PassResult, model, row: int) -> dict:
     }
 
 
-def _spec_response(plan, view, spec, nodes, model, path) -> dict:
+def _spec_response(plan, view, spec, nodes, model, scorer, path) -> dict:
     if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
         return _multiple_top_k(plan, view, spec, nodes, model, path)
     if isinstance(spec, p.DerivedScalarsRequestSpec):
-        return _derived_scalars(plan, view, spec, model, path)
+        return _derived_scalars(plan, view, spec, scorer, path)
     if isinstance(spec, p.DerivedAttentionScalarsRequestSpec):
         return _derived_attention_scalars(plan, view, spec, model, path)
     if isinstance(spec, p.ScoredTokensRequestSpec):
-        return _scored_tokens(view, spec, nodes, model, path)
+        return _scored_tokens(view, spec, nodes, scorer, path)
     return {
         "responseDataType": "token_pair_attribution_response_data",
         "nodeIndices": [node_json(n) for n in nodes],
@@ -123,7 +125,7 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
     }
 
 
-def _derived_scalars(plan, view, spec, model, path) -> dict:
+def _derived_scalars(plan, view, spec, scorer, path) -> dict:
     dst = str_value(spec.dst)
     derive = derives_gradients(spec)
     store = dst_store(plan, view, dst, derive, path)
@@ -144,7 +146,7 @@ def _derived_scalars(plan, view, spec, model, path) -> dict:
     ]
     top = None
     if spec.num_top_tokens is not None:
-        top = _derived_scalar_top_tokens(view, store, spec, activations, model, path)
+        top = _derived_scalar_top_tokens(view, store, spec, activations, scorer, path)
     return {
         "responseDataType": "derived_scalars_response_data",
         "activations": activations,
@@ -154,13 +156,12 @@ def _derived_scalars(plan, view, spec, model, path) -> dict:
     }
 
 
-def _derived_scalar_top_tokens(view, store, spec, activations, model, path):
-    excluded = model.excluded_ids
+def _derived_scalar_top_tokens(view, store, spec, activations, scorer: TokenScorer, path):
     if store.name == "vocab_token_write_to_input_direction":
-        scores = store.forward[None][:1]
+        scores = store.forward[None][0]
         if not bool(scores.any()):
             return None
-        return top_tokens(scores, spec.num_top_tokens, excluded, model.tokenizer.decode_token)[0]
+        return scorer.top_tokens_of_scores(scores, spec.num_top_tokens)
     if store.name != "mlp_post_act":
         raise RequestValidationError(
             f"numTopTokens needs dst mlp_post_act (the token-write input of its node type), not {store.name}",
@@ -169,14 +170,10 @@ def _derived_scalar_top_tokens(view, store, spec, activations, model, path):
     if activations[0] == 0:
         return None
     node = (store.node_type, (0, spec.activation_index), spec.layer_index, "forward")
-    scores = token_write_scores(view, [node], path)
-    return top_tokens(
-        scores,
-        spec.num_top_tokens,
-        excluded,
-        model.tokenizer.decode_token,
-        flip=[activations[0] < 0],
-    )[0]
+    projection = write_projection(view, node, path)
+    return scorer.top_tokens([projection], "write", spec.num_top_tokens, flip=[activations[0] < 0])[
+        0
+    ]
 
 
 def _derived_attention_scalars(plan, view, spec, model, path) -> dict:
@@ -195,26 +192,23 @@ def _derived_attention_scalars(plan, view, spec, model, path) -> dict:
     }
 
 
-def _scored_tokens(view, spec, nodes, model, path) -> dict:
+def _scored_tokens(view, spec, nodes, scorer: TokenScorer, path) -> dict:
     scoring = str_value(spec.token_scoring_type)
+    entries: list = [None] * len(nodes)
     if scoring == "upvoted_output_tokens":
         scored = list(range(len(nodes)))
+        projections = [write_projection(view, node, path) for node in nodes]
+        kind = "write"
     elif scoring == "input_tokens_that_upvote_mlp":
         scored = [i for i, n in enumerate(nodes) if n[0] == "mlp_neuron"]
-    else:
-        scored = []
-    entries: list = [None] * len(nodes)
-    if scored:
-        chosen = [nodes[i] for i in scored]
-        if scoring == "upvoted_output_tokens":
-            scores = token_write_scores(view, chosen, path)
-        else:
-            scores = token_read_scores(view, chosen)
-        lists = top_tokens(
-            scores, spec.num_tokens, model.excluded_ids, model.tokenizer.decode_token
-        )
-        for i, tt in zip(scored, lists, strict=True):
-            entries[i] = tt
+        projections = [read_projection(view, nodes[i]) for i in scored]
+        kind = "read"
+    else:  # the attention query/key readings are disabled in TDB: every entry is null
+        scored, projections, kind = [], [], "read"
+    if projections:
+        lists = scorer.top_tokens(projections, kind, spec.num_tokens)
+        for i, top in zip(scored, lists, strict=True):
+            entries[i] = top
     return {
         "responseDataType": "scored_tokens_response_data",
         "nodeIndices": [node_json(n) for n in nodes],

@@ -1,13 +1,23 @@
-"""Nodes seen in vocabulary space: top-token lists, token write and token read vectors
+"""Nodes seen in vocabulary space: top-token lists from token write and token read vectors
 (engine.md §7, protocol.md §5.7 and §5.9).
 
 A node's *write* is what it adds to the residual stream, read out through the unembedding with
 the final layer-norm gain (the logit lens), centred over the vocabulary. An MLP neuron's *read* is
 the gradient of its pre-activation with respect to its residual input (layer-norm scale held
 fixed), read against every token embedding.
+
+Scoring a node against the whole vocabulary is a [d] x [d, V] product, the costliest step of a
+TDB request on a CPU. Most nodes are a scalar times a direction that other nodes share (an MLP
+neuron writes along its row of W_out at every token and in every sub-request; its read direction
+is fixed up to the layer-norm scale), so each distinct direction is scored once per batch and the
+node's list is the direction's list scaled by the node's coefficient. A negative coefficient
+swaps the direction's top and bottom lists; a zero one gives an all-zero row.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -15,16 +25,26 @@ from models.errors import RequestValidationError
 
 from .derived import ElementView
 from .topk import Node, select_indices
+from .weights import GPT2Weights
 
-EXCLUDED_FILL = float("inf")
+
+@dataclass(frozen=True)
+class Projection:
+    """A node's token-space vector as `coef` times the scores of a shared direction."""
+
+    key: tuple  # names the direction; equal keys share one row of scores
+    coef: float
+    direction: Callable[[], torch.Tensor]  # the direction in residual space, [d]
 
 
-def write_vector(view: ElementView, node: Node, path: str | None = None) -> torch.Tensor:
-    """The residual-stream write of one node (forward values, biases excluded), shape [d]."""
+def write_projection(view: ElementView, node: Node, path: str | None = None) -> Projection:
+    """The node's residual-stream write (forward values, biases excluded), factored (§7.3)."""
     node_type, idx, layer, _ = node
+    weights = view.weights
     if node_type == "mlp_neuron":
         t, i = idx[0], idx[-1]
-        return view.fwd("mlp.post_act", layer)[t, i] * view.weights.layers[layer].w_out[i]
+        coef = float(view.fwd("mlp.post_act", layer)[t, i])
+        return Projection(("mlp", layer, i), coef, lambda: weights.layers[layer].w_out[i])
     if node_type == "attention_head":
         if len(idx) != 3:
             raise RequestValidationError(
@@ -33,90 +53,168 @@ def write_vector(view: ElementView, node: Node, path: str | None = None) -> torc
                 path,
             )
         q, k, h = idx
-        return view.fwd("attn.qk_probs", layer)[q, k, h] * view.vo(layer)[k, h]
+        coef = float(view.fwd("attn.qk_probs", layer)[q, k, h])
+        k_pos = k % view.T
+        return Projection(
+            ("attn", view.row, layer, k_pos, h), coef, lambda: view.vo(layer)[k_pos, h]
+        )
     if node_type == "layer" and layer is None:
-        return view.fwd("resid.post_emb", None)[idx[0]]
+        t_pos = idx[0] % view.T
+        return Projection(
+            ("embedding", view.row, t_pos), 1.0, lambda: view.fwd("resid.post_emb", None)[t_pos]
+        )
     raise RequestValidationError(f"nodes of type {node_type} have no token write vector", path)
 
 
-def token_write_scores(
-    view: ElementView, nodes: list[Node], path: str | None = None
-) -> torch.Tensor:
-    """[n, V]: each node's write through γ_f ⊙ W_U, minus its mean over the vocabulary."""
-    w = torch.stack([write_vector(view, node, path) for node in nodes])
-    scores = (w * view.weights.lnf_g) @ view.weights.W_U
+def _by_content(coef: float, direction: torch.Tensor) -> Projection:
+    """A direction that depends on the prompt and ablations (attention values, embeddings): keyed
+    by its bytes, so that sub-requests sharing it (a clean run and its ablated twin upstream of
+    the ablation) score it once."""
+    key = ("content", direction.detach().cpu().numpy().tobytes())
+    return Projection(key, coef, lambda: direction)
+
+
+def read_projection(view: ElementView, node: Node) -> Projection:
+    """An MLP neuron's read: ρ = Pc(γ2 ⊙ W_in[:, i]) / s2(r), r = resid.post_attn at its token (§7.4)."""
+    _, idx, layer, _ = node
+    lw = view.weights.layers[layer]
+    r = view.fwd("resid.post_attn", layer)[idx[0]]
+    c = r - r.mean()
+    scale = torch.sqrt((c * c).mean() + view.weights.ln_eps)
+    i = idx[-1]
+
+    def direction() -> torch.Tensor:
+        u = lw.ln2_g * lw.w_in[:, i]
+        return u - u.mean()
+
+    return Projection(("read", layer, i), float(1.0 / scale), direction)
+
+
+def write_scores(weights: GPT2Weights, directions: torch.Tensor) -> torch.Tensor:
+    """[n, V]: directions through γ_f ⊙ W_U, each minus its mean over the vocabulary."""
+    scores = (directions * weights.lnf_g) @ weights.W_U
     return scores - scores.mean(dim=-1, keepdim=True)
 
 
-def token_read_scores(view: ElementView, nodes: list[Node]) -> torch.Tensor:
-    """[n, V]: W_E · ∂pre/∂r for MLP neurons, r = resid.post_attn at the node's token (§7.4)."""
-    weights = view.weights
-    rows = []
-    for _, idx, layer, _ in nodes:
-        lw = weights.layers[layer]
-        r = view.fwd("resid.post_attn", layer)[idx[0]]
-        c = r - r.mean()
-        scale = torch.sqrt((c * c).mean() + weights.ln_eps)
-        u = lw.ln2_g * lw.w_in[:, idx[-1]]
-        rows.append((u - u.mean()) / scale)
-    return torch.stack(rows) @ weights.W_E.T
+def read_scores(weights: GPT2Weights, directions: torch.Tensor) -> torch.Tensor:
+    """[n, V]: directions against every token embedding (no position, no centring)."""
+    return directions @ weights.W_E.T
 
 
-def _extremes(scores: torch.Tensor, t: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the t extreme values ordered by value then ascending token id."""
-    values, ids = torch.topk(scores, t, dim=1, largest=largest)
+def _sorted_extremes(
+    scores: torch.Tensor, t: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the t extreme values ordered by value, equal values by ascending token id."""
+    width = min(t + 1, scores.shape[1])
+    values, ids = torch.topk(scores, width, dim=1, largest=largest)
+    if width > t:  # a tie across the boundary: take the smallest ids among the tied values
+        for row in torch.nonzero(values[:, t] == values[:, t - 1]).flatten().tolist():
+            chosen = select_indices(scores[row], t, largest)
+            ids[row, :t], values[row, :t] = chosen, scores[row, chosen]
+    values, ids = values[:, :t], ids[:, :t]
     ids, perm = ids.sort(dim=1)
     values = values.gather(1, perm)
     order = values.sort(dim=1, descending=largest, stable=True).indices
-    values, ids = values.gather(1, order), ids.gather(1, order)
-    threshold = values[:, -1:]
-    ragged = (scores == threshold).sum(1) != (values == threshold).sum(1)
-    for row in torch.nonzero(ragged).flatten().tolist():
-        chosen = select_indices(scores[row], t, largest)
-        ids[row], values[row] = chosen, scores[row, chosen]
-    return values, ids
+    return values.gather(1, order), ids.gather(1, order)
 
 
-def top_tokens(
-    scores: torch.Tensor, t: int, excluded: list[int], decode, flip: list[bool] | None = None
-) -> list[dict]:
-    """TopTokens wire objects for each row of `scores` [n, V] (§5.7)."""
-    if excluded:
-        ex = torch.tensor(excluded, device=scores.device)
-        top_scores = scores.index_fill(1, ex, float("-inf"))
-        bottom_scores = scores.index_fill(1, ex, float("inf"))
-    else:
-        top_scores = bottom_scores = scores
-    top_v, top_i = _extremes(top_scores, t, largest=True)
-    bot_v, bot_i = _extremes(bottom_scores, t, largest=False)
-    if not (torch.isfinite(top_v).all() and torch.isfinite(bot_v).all()):
+@dataclass
+class Extremes:
+    """Top and bottom lists of score rows: values [n, t] and token ids [n, t]."""
+
+    top_values: torch.Tensor
+    top_ids: torch.Tensor
+    bottom_values: torch.Tensor
+    bottom_ids: torch.Tensor
+
+
+def extremes(scores: torch.Tensor, t: int, excluded: torch.Tensor | None) -> Extremes:
+    """§5.7 steps 1-2 on score rows (which are overwritten: excluded columns become ±inf)."""
+    if excluded is not None:
+        scores[:, excluded] = float("-inf")
+    top_values, top_ids = _sorted_extremes(scores, t, largest=True)
+    if excluded is not None:
+        scores[:, excluded] = float("inf")
+    bottom_values, bottom_ids = _sorted_extremes(scores, t, largest=False)
+    if not (torch.isfinite(top_values).all() and torch.isfinite(bottom_values).all()):
         raise RequestValidationError(
             f"cannot list {t} finite top tokens: the vocabulary is too small"
         )
-    m = torch.maximum(top_v[:, :1].abs(), bot_v[:, :1].abs())
-    safe = torch.where(m == 0, torch.ones_like(m), m)
-    top_n = torch.where(m == 0, torch.zeros_like(top_v), top_v / safe)
-    bot_n = torch.where(m == 0, torch.zeros_like(bot_v), bot_v / safe)
-    out = []
-    rows = zip(
-        top_v.tolist(),
-        top_i.tolist(),
-        top_n.tolist(),
-        bot_v.tolist(),
-        bot_i.tolist(),
-        bot_n.tolist(),
-        strict=True,
-    )
-    for r, (tv, ti, tn, bv, bi, bn) in enumerate(rows):
-        top = [
-            {"token": decode(i), "scalar": v, "normalizedScalar": n}
-            for v, i, n in zip(tv, ti, tn, strict=True)
+    return Extremes(top_values, top_ids, bottom_values, bottom_ids)
+
+
+class TokenScorer:
+    """Top-token lists for the nodes of one batch, scoring each distinct direction once."""
+
+    def __init__(self, weights: GPT2Weights, excluded: list[int], decode: Callable[[int], str]):
+        self.weights = weights
+        self.decode = decode
+        self.excluded = torch.tensor(excluded, device=weights.W_E.device) if excluded else None
+        self._rows: dict[tuple, tuple[Extremes, int]] = {}  # (kind, t, key) -> (extremes, row)
+        self._zero_rows: dict[int, torch.Tensor] = {}
+
+    def top_tokens(
+        self, projections: list[Projection], kind: str, t: int, flip: list[bool] | None = None
+    ) -> list[dict]:
+        """TopTokens wire objects, one per projection (`kind` is "write" or "read")."""
+        self._score_new_directions(projections, kind, t)
+        lists = [self._node_lists(p, kind, t) for p in projections]
+        return [
+            self._wire(values, ids, flip is not None and flip[n])
+            for n, (values, ids) in enumerate(lists)
         ]
-        bottom = [
-            {"token": decode(i), "scalar": v, "normalizedScalar": n}
-            for v, i, n in zip(bv, bi, bn, strict=True)
-        ]
-        if flip is not None and flip[r]:
+
+    def top_tokens_of_scores(self, scores: torch.Tensor, t: int) -> dict:
+        """TopTokens of one given score row [V] (no factoring: e.g. vocab_token_write_to_input_direction)."""
+        ex = extremes(scores[None].clone(), t, self.excluded)
+        values = torch.stack([ex.top_values[0], ex.bottom_values[0]])
+        ids = torch.stack([ex.top_ids[0], ex.bottom_ids[0]])
+        return self._wire(values, ids, False)
+
+    def _score_new_directions(self, projections: list[Projection], kind: str, t: int) -> None:
+        new = {}
+        for p in projections:
+            if p.coef != 0 and (kind, t, p.key) not in self._rows:
+                new.setdefault(p.key, p.direction)
+        if not new:
+            return
+        directions = torch.stack([direction() for direction in new.values()])
+        score = write_scores if kind == "write" else read_scores
+        ex = extremes(score(self.weights, directions), t, self.excluded)
+        for row, key in enumerate(new):
+            self._rows[(kind, t, key)] = (ex, row)
+
+    def _node_lists(self, p: Projection, kind: str, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[2, t] values and ids (top row, bottom row) of one node."""
+        if p.coef == 0:
+            ids = self._zero_row_ids(t)
+            return torch.zeros(2, t, device=ids.device), torch.stack([ids, ids])
+        ex, row = self._rows[(kind, t, p.key)]
+        top = (ex.top_values[row], ex.top_ids[row])
+        bottom = (ex.bottom_values[row], ex.bottom_ids[row])
+        if p.coef < 0:
             top, bottom = bottom, top
-        out.append({"top": top, "bottom": bottom})
-    return out
+        coef = torch.tensor(p.coef, dtype=top[0].dtype, device=top[0].device)
+        return torch.stack([coef * top[0], coef * bottom[0]]), torch.stack([top[1], bottom[1]])
+
+    def _zero_row_ids(self, t: int) -> torch.Tensor:
+        """An all-zero row ties everywhere: the t smallest ids that are not excluded."""
+        allowed = torch.ones(
+            self.weights.W_E.shape[0], dtype=torch.bool, device=self.weights.W_E.device
+        )
+        if self.excluded is not None:
+            allowed[self.excluded] = False
+        return torch.nonzero(allowed).flatten()[:t]
+
+    def _wire(self, values: torch.Tensor, ids: torch.Tensor, flip: bool) -> dict:
+        """§5.7 steps 4-6: normalise by the larger first magnitude, decode, maybe swap."""
+        m = torch.maximum(values[0, 0].abs(), values[1, 0].abs())
+        normalized = torch.zeros_like(values) if m == 0 else values / m
+        top, bottom = (
+            [
+                {"token": self.decode(i), "scalar": v, "normalizedScalar": n}
+                for v, i, n in zip(vs, is_, ns, strict=True)
+            ]
+            for vs, is_, ns in zip(values.tolist(), ids.tolist(), normalized.tolist(), strict=True)
+        )
+        return {"top": bottom, "bottom": top} if flip else {"top": top, "bottom": bottom}

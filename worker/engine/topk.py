@@ -38,10 +38,14 @@ def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     if k >= n:
         candidates = torch.arange(n, device=values.device)
     else:
-        threshold = torch.topk(values, k, largest=largest).values[-1]
-        beyond = torch.nonzero(values > threshold if largest else values < threshold).flatten()
-        ties = torch.nonzero(values == threshold).flatten()[: k - beyond.numel()]
-        candidates = torch.cat([beyond, ties]).sort().values
+        top = torch.topk(values, k + 1, largest=largest)
+        threshold = top.values[k - 1]
+        if bool(top.values[k] != threshold):  # no tie across the boundary: topk chose the set
+            candidates = top.indices[:k].sort().values
+        else:
+            beyond = torch.nonzero(values > threshold if largest else values < threshold).flatten()
+            ties = torch.nonzero(values == threshold).flatten()[: k - beyond.numel()]
+            candidates = torch.cat([beyond, ties]).sort().values
     order = torch.sort(values[candidates], descending=largest, stable=True).indices
     return candidates[order]
 
