@@ -51,7 +51,9 @@ ERRORS = {
     "404": _json(_ref("ErrorBody"), "unknown model or route"),
     "413": _json(_ref("ErrorBody"), "request body too large"),
     "422": _json(_ref("ErrorBody"), "the body does not parse; `path` names the field"),
-    "503": _json(_ref("ErrorBody"), "the job queue is unavailable; retry later"),
+    "503": _json(_ref("ErrorBody"), "the database is unavailable; retry after Retry-After"),
+    "401": _json(_ref("ErrorBody"), "an API key is needed (Authorization: Bearer KEY)"),
+    "429": _json(_ref("ErrorBody"), "over the key's rate limit; retry after Retry-After"),
 }
 
 
@@ -141,6 +143,18 @@ def _job_paths() -> dict:
                         "content": {"application/json": {"schema": {}}},
                     },
                     "202": _json(_ref("JobView"), "still pending"),
+                    **not_found,
+                },
+            }
+        },
+        "/v1/jobs/{id}/cancel": {
+            "post": {
+                "operationId": "cancel-job",
+                "parameters": [job_id],
+                "responses": {
+                    "200": _json(_ref("JobView"), "canceled (it was queued, or already canceled)"),
+                    "202": _json(_ref("JobView"), "started: it stops at its next stage boundary"),
+                    "409": _json(_ref("ErrorBody"), "the job already finished or failed"),
                     **not_found,
                 },
             }
