@@ -235,3 +235,13 @@ def test_actq_api_without_keys_binds_loopback_and_says_so(tmp_path, sqlite_url, 
         assert requests.get(f"{stack.url}/v1/jobs", timeout=5).status_code == 200
     finally:
         stack.stop()
+
+
+def test_the_client_sends_the_key_from_the_environment(monkeypatch):
+    from api.client import Client
+
+    monkeypatch.setenv("ACTQ_API_KEY", "actq_from-env")
+    assert Client("http://x").http.headers["Authorization"] == "Bearer actq_from-env"
+    assert Client("http://x", key="actq_k").http.headers["Authorization"] == "Bearer actq_k"
+    monkeypatch.delenv("ACTQ_API_KEY")
+    assert "Authorization" not in Client("http://x").http.headers

@@ -10,6 +10,7 @@ that a few thousand requests were made and prints the figures on a ``FIGURES`` l
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -24,7 +25,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402  (after the importors
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES_PER_OPERATION = 30  # plus schemathesis's coverage phase: ~7,000 requests in all
+# Per operation, plus schemathesis's coverage phase: about 7,000 requests in all. A longer, random
+# run: ACTQ_FUZZ_EXAMPLES=500 ACTQ_FUZZ_RANDOM=1 pytest tests/test_fuzz.py -rP
+EXAMPLES_PER_OPERATION = int(os.environ.get("ACTQ_FUZZ_EXAMPLES", "30"))
+RANDOM = os.environ.get("ACTQ_FUZZ_RANDOM") == "1"
 SEEN: Counter = Counter()  # requests made, by operation and by status class
 
 
@@ -68,7 +72,7 @@ def test_the_fuzzed_document_is_the_served_one(fuzz_stack):
 @settings(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
-    derandomize=True,
+    derandomize=not RANDOM,
     database=None,
     suppress_health_check=list(HealthCheck),
 )

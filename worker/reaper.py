@@ -92,7 +92,7 @@ class Reaper:
 
     def sweep(self, now: dt.datetime | None = None) -> Sweep:
         done = Sweep()
-        if self.marker is not None and self.marker.lost():
+        if self._broker_lost_messages():
             with self.sessions.begin() as session:
                 forgotten = recovery.forget_publications(session)
             done.broker_lost_messages = True
@@ -108,6 +108,15 @@ class Reaper:
             log.error("Job %s: failed, its worker was lost on every attempt", job_id)
         done.published = self.publish_unpublished(now)
         return done
+
+    def _broker_lost_messages(self) -> bool:
+        if self.marker is None:
+            return False
+        try:
+            return self.marker.lost()
+        except Exception as error:  # the broker is down: reap anyway, publish later
+            log.warning("Cannot reach the broker to check its marker: %s", error)
+            return False
 
     def publish_unpublished(self, now: dt.datetime | None = None) -> list[str]:
         """Publish queued jobs without a message; stops at the first broker error."""
