@@ -3,12 +3,15 @@
 A job is born ``queued`` when the API has validated and stored it, becomes ``started`` when a
 worker claims it, and ends ``finished`` (the response is stored) or ``failed`` (a structured error
 is stored). ``canceled`` ends a job that nobody should run any more. A ``started`` job whose worker
-died (its heartbeat went stale) may be claimed again, which is the one way back::
+died (its heartbeat went stale) may be claimed again, or put back in the queue by the reaper,
+which are the ways back; after ``ACTQ_MAX_ATTEMPTS`` claims the reaper fails it instead
+(``models.recovery``)::
 
     queued --claim--> started --finish--> finished
-       |                 |  \\--fail----> failed
-       |                 \\--reclaim (stale heartbeat)--> started
-       \\--cancel--> canceled  (started --cancel--> canceled too)
+       |                 |  \\--fail (error, timeout, worker lost)--> failed
+       |                 |--reclaim (stale heartbeat)--> started
+       |                 \\--requeue (reaper, stale heartbeat)--> queued
+       \\--cancel--> canceled  (started --cancel at a stage boundary--> canceled too)
 
 The web process and the worker both use these names; neither imports the other.
 """
