@@ -32,16 +32,36 @@ class Selection:
     nodes: list[Node] = field(default_factory=list)
 
 
+CHUNK = 4096
+
+
+def fast_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.topk` of a long 1-D tensor, an order of magnitude faster on CPU for small k: the
+    k best of each chunk first (parallel over chunks), then the k best of those."""
+    n = values.numel()
+    if n <= 16 * CHUNK or k > CHUNK:
+        return torch.topk(values, k, largest=largest)
+    fill = float("-inf") if largest else float("inf")
+    padded = torch.cat([values, values.new_full(((-n) % CHUNK,), fill)])
+    chunk_values, chunk_indices = torch.topk(padded.view(-1, CHUNK), k, dim=1, largest=largest)
+    offsets = torch.arange(0, padded.numel(), CHUNK, device=values.device)[:, None]
+    best_values, best = torch.topk(chunk_values.flatten(), k, largest=largest)
+    indices = (chunk_indices + offsets).flatten()[best]
+    if bool((indices >= n).any()):  # the padding tied with real ±inf values: be exact instead
+        return torch.topk(values, k, largest=largest)
+    return best_values, indices
+
+
 def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     """Indices of the k extreme entries of a 1-D tensor, ordered by (value, index)."""
     n = values.numel()
     if k >= n:
         candidates = torch.arange(n, device=values.device)
     else:
-        top = torch.topk(values, k + 1, largest=largest)
-        threshold = top.values[k - 1]
-        if bool(top.values[k] != threshold):  # no tie across the boundary: topk chose the set
-            candidates = top.indices[:k].sort().values
+        top_values, top_indices = fast_topk(values, k + 1, largest)
+        threshold = top_values[k - 1]
+        if bool(top_values[k] != threshold):  # no tie across the boundary: topk chose the set
+            candidates = top_indices[:k].sort().values
         else:
             beyond = torch.nonzero(values > threshold if largest else values < threshold).flatten()
             ties = torch.nonzero(values == threshold).flatten()[: k - beyond.numel()]
