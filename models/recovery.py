@@ -51,13 +51,17 @@ def mark_published(session: Session, job_id: str, now: dt.datetime | None = None
 def unpublished_jobs(
     session: Session, older_than: dt.datetime, limit: int = REAP_BATCH
 ) -> list[tuple[str, str]]:
-    """(id, model) of queued jobs with no message since before ``older_than``, oldest first."""
+    """(id, model) of queued jobs with no message, oldest first.
+
+    A job never claimed counts once it is older than ``older_than`` (until then the API that made
+    it may still be publishing it); a requeued one (claimed before) counts at once.
+    """
     query = (
         select(Job.id, Job.model)
         .where(
             Job.status == JobStatus.QUEUED.value,
             Job.published_at.is_(None),
-            Job.created_at < older_than,
+            or_(Job.created_at < older_than, Job.attempts > 0),
         )
         .order_by(Job.id)
         .limit(limit)

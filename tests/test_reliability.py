@@ -229,3 +229,30 @@ def test_a_superseded_attempt_stores_nothing(sessions, engine_model):
     assert status == "superseded"
     job = _job(sessions, job_id)
     assert (job.status, job.worker, job.attempts, job.response) == ("started", "w2", 2, None)
+
+
+def test_actq_reap_requeues_publishes_and_fails_in_one_sweep(tmp_path, sqlite_url):
+    import os
+
+    from models.db import make_engine, make_sessionmaker
+    from tests.conftest import run_actq
+
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    lost, exhausted = _submit(sessions), _submit(sessions)
+    long_ago = utcnow() - dt.timedelta(seconds=10 * LEASE)
+    _claim(sessions, lost, now=long_ago)
+    for attempt in range(3):
+        _claim(sessions, exhausted, now=long_ago + dt.timedelta(seconds=2 * LEASE * attempt))
+    env = {
+        **os.environ,
+        "ACTQ_DATABASE_URL": sqlite_url,
+        "ACTQ_BROKER_URL": f"filesystem://{tmp_path / 'broker'}",
+        "ACTQ_LEASE_SECONDS": str(LEASE),
+    }
+    swept = run_actq("reap", env=env)
+    assert swept.returncode == 0, swept.stderr
+    assert b"requeued 1, failed 1, canceled 0, published 1" in swept.stderr
+    assert (_job(sessions, lost).status, _job(sessions, exhausted).status) == ("queued", "failed")
+    assert len(queued_messages(tmp_path)) == 1
+    engine.dispose()
