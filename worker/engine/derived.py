@@ -214,7 +214,11 @@ def _mlp_write_to_grad(activation: bool) -> Fn:
         g, lg, loc_g = v.activation_direction() if activation else v.direction()
         if not gate(layer, MLP, lg, loc_g):
             return torch.zeros_like(post)
-        return post * (g @ v.weights.layers[layer].w_out.T)
+        # a loss-driven direction is zero but at the last token: project only the rows that are not
+        rows = torch.nonzero(g.any(dim=-1)).flatten()
+        out = torch.zeros_like(post)
+        out[rows] = post[rows] * (g[rows] @ v.weights.layers[layer].w_out.T)
+        return out
 
     return fn
 
