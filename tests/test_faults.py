@@ -175,7 +175,10 @@ def test_a_killed_worker_s_job_is_finished_once_by_the_other(stack, api):
     started = _poll(stack, ids[0], lambda j: j["status"] == "started")
     victim = _holder(stack, started)
     victim.kill()  # SIGKILL to the worker and its pool process, mid-job
-    finals = {job_id: _final(stack, job_id) for job_id in ids}
+    killed_at = time.monotonic()
+    finals = {ids[0]: _final(stack, ids[0])}
+    recovered_in = time.monotonic() - killed_at  # reported, not asserted: bounded by the lease
+    finals.update({job_id: _final(stack, job_id) for job_id in ids[1:]})
     assert {f["status"] for f in finals.values()} == {"finished"}
     assert finals[ids[0]]["attempts"] == 2
     assert _holder(stack, finals[ids[0]]) is not victim
@@ -197,7 +200,8 @@ def test_a_killed_worker_s_job_is_finished_once_by_the_other(stack, api):
         f"FIGURES worker-kill: submitted={len(ids)} finished="
         f"{sum(f['status'] == 'finished' for f in again.values())} attempts="
         f"{sorted(a['attempts'] for a in again.values())} finish-writes="
-        f"{sum(_finish_lines(stack, i) for i in ids)}"
+        f"{sum(_finish_lines(stack, i) for i in ids)} killed-job-finished-after={recovered_in:.1f}s "
+        f"lease={LEASE}s"
     )
     _start_worker(stack, next(n for n, p in stack.processes.items() if p is victim))
 
