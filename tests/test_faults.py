@@ -39,6 +39,7 @@ STACK_ENV = {
     "ACTQ_JOB_SOFT_TIME_LIMIT": "5",
     "ACTQ_JOB_TIME_LIMIT": "60",
     "ACTQ_MAX_ATTEMPTS": "3",
+    "ACTQ_RATE_BURST": "20",
 }
 
 
@@ -312,3 +313,26 @@ def test_the_hard_time_limit_kills_the_job_s_process_and_fails_it(stack, api):
     assert "ACTQ_JOB_TIME_LIMIT" in final["error"]["message"]
     assert "Hard time limit (2.0s) exceeded" in stack.processes["w3"].log()
     assert _final(stack, _submit(api, tag="after-hard"))["status"] == "finished"
+
+
+def test_keys_close_the_running_service_and_limits_are_shared_by_its_processes(stack, api):
+    """Runs last (it closes the service): keys made with ``actq keys create`` take effect at once
+    in every gunicorn process; owners see only their jobs; one Redis bucket per key serves both
+    gunicorn processes, so the 21st request of a burst of 20 is refused whichever answers it."""
+    made = {}
+    for name, extra in (("alice", ["--rate-per-minute", "6"]), ("bob", [])):
+        created = run_actq("keys", "create", name, *extra, env=stack.env)
+        assert created.returncode == 0, created.stderr
+        made[name] = {"Authorization": f"Bearer {created.stdout.decode().strip()}"}
+    url = f"{stack.url}/v1/{DS['endpoint']}?fresh=1"
+    assert requests.post(url, json=DS["request"], timeout=30).status_code == 401
+    job_id = requests.post(url, json=DS["request"], headers=made["alice"], timeout=30).json()["id"]
+    bob = requests.get(f"{stack.url}/v1/jobs/{job_id}", headers=made["bob"], timeout=10)
+    assert bob.status_code == 404
+    statuses = [
+        requests.get(f"{stack.url}/v1/jobs", headers=made["alice"], timeout=10).status_code
+        for _ in range(25)
+    ]
+    assert statuses.count(200) == 19 and statuses[19:] == [429] * 6  # 1 + 19 = the burst of 20
+    owner = _query(stack, "SELECT owner FROM jobs WHERE id = :id", id=job_id)
+    assert owner[0][0] == "alice"
