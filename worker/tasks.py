@@ -368,9 +368,15 @@ class _ProcessState:
     def model(self):
         with self._lock:
             if self._model is None:
+                import torch
+
                 from worker.engine import load_model
 
-                log.info("Loading model %s", self.settings.model)
+                # a process forked after torch ran in its parent starts with one thread
+                torch.set_num_threads(self.settings.torch_threads or os.cpu_count() or 1)
+                log.info(
+                    "Loading model %s (%d torch threads)", self.settings.model, torch.get_num_threads()
+                )
                 self._model = load_model(self.settings.model, device=self.settings.device)
             return self._model
 
