@@ -23,6 +23,7 @@ from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.jobs import ENDPOINTS, JobStatus
 from models.records import Job
 from models.recovery import request_cancel
+from models.run_keys import parse_key
 from models.store import JobFilter, get_job, list_jobs, response_bytes
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
@@ -194,6 +195,7 @@ def history_filter() -> JobFilter:
         tags=request.args.getlist("tag"),
         label=request.args.get("label"),
         has_ablations=_bool("hasAblations"),
+        ablates=[parse_key(k) for k in request.args.getlist("ablates") if k.strip()],
         since=_time("since"),
         until=_time("until"),
     )

@@ -21,7 +21,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.jobs import JobStatus
-from models.records import Job, JobTag, Run, utcnow
+from models.records import Job, JobTag, Run, RunAblation, utcnow
 from models.runs import canonical_json, describe_runs, prompt_hash
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -270,6 +270,7 @@ class JobFilter:
     tags: list[str] = field(default_factory=list)  # jobs carrying every one of these tags
     label: str | None = None
     has_ablations: bool | None = None  # any run ablated (True) / no run ablated (False)
+    ablates: list[str] = field(default_factory=list)  # a run ablating every one of these nodes
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     owner: str | None = None
@@ -300,6 +301,8 @@ def _filter_conditions(f: JobFilter) -> list:
     if f.has_ablations is not None:
         ablated = exists().where(Run.job_id == Job.id, Run.has_ablations.is_(True))
         cond.append(ablated if f.has_ablations else ~ablated)
+    for key in f.ablates:  # models.run_keys keys, e.g. "mlp_neuron:3:2,100"
+        cond.append(exists().where(RunAblation.job_id == Job.id, RunAblation.key == key))
     if f.since is not None:
         cond.append(Job.created_at >= f.since)
     if f.until is not None:

@@ -182,6 +182,9 @@ def test_history_filters_and_pages(client):
     assert ids("label=L") == [b]
     assert ids("hasAblations=true") == [b]
     assert ids("hasAblations=false") == [c, a]
+    assert ids("ablates=attention_head:1:14,0,0") == [b]
+    assert ids("ablates=attention_head:1:14,5,0") == [b]  # TDB ignores a head's key index
+    assert ids("ablates=attention_head:2:14,0,0") == []
     assert ids("endpoint=model_info") == [c]
     assert ids("status=queued&model=oracle-gpt2-tiny") == [c, b, a]
     assert ids("promptContains=berlin") == [b, a]
@@ -192,7 +195,7 @@ def test_history_filters_and_pages(client):
     assert page["next"].endswith(f"cursor={page['nextCursor']}")
     rest = client.get(page["next"]).get_json()
     assert [j["id"] for j in rest["jobs"]] == [a] and rest["nextCursor"] is None
-    for bad in ("status=done", "endpoint=x", "limit=0", "since=yesterday", "hasAblations=maybe"):
+    for bad in ("status=done", "endpoint=x", "limit=0", "since=yesterday", "hasAblations=maybe", "ablates=nonsense"):
         assert client.get(f"/v1/jobs?{bad}").status_code == 422
 
 
