@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from api.run_views import BaselineView, RunDetail, RunList
 from api.schemas import ErrorBody, Health, JobAccepted, JobList, JobView, ModelList
 from models.jobs import ENDPOINTS, JobStatus
 from models.protocol import REQUEST_MODELS, RESPONSE_MODELS
@@ -30,7 +31,9 @@ def _schemas() -> tuple[dict[tuple, dict], dict[str, Any]]:
     inputs = [(m, "validation") for m in REQUEST_MODELS.values()]
     outputs = [(m, "serialization") for m in RESPONSE_MODELS.values()]
     ours = [
-        (m, "serialization") for m in (ErrorBody, Health, JobAccepted, JobList, JobView, ModelList)
+        (m, "serialization")
+        for m in (ErrorBody, Health, JobAccepted, JobList, JobView, ModelList)
+        + (BaselineView, RunDetail, RunList)
     ]
     keys, top = models_json_schema(inputs + outputs + ours, ref_template=REF, by_alias=True)
     return keys, top.get("$defs", {})
@@ -99,6 +102,116 @@ def _tdb_path(endpoint: str, keys: dict) -> dict:
     return {"post": op}
 
 
+ABLATES = _param(
+    "ablates",
+    {"type": "array", "items": {"type": "string"}},
+    description="runs ablating this node: TYPE:LAYER:INDICES (e.g. mlp_neuron:3:2,100) or a JSON "
+    "node index; repeatable",
+)
+RUN_ADDRESS = [
+    _param("job", {"type": "string"}, where="path", required=True),
+    _param("n", {"type": "integer", "minimum": 0}, where="path", required=True),
+]
+EDIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "label": {"type": ["string", "null"], "maxLength": 200},
+                    "tags": {"type": "array", "items": {"type": "string", "maxLength": 100}},
+                    "addTags": {"type": "array", "items": {"type": "string", "maxLength": 100}},
+                    "removeTags": {"type": "array", "items": {"type": "string"}},
+                },
+                "additionalProperties": False,
+            }
+        }
+    },
+}
+
+
+def _run_paths() -> dict:
+    """Run history, label/tag edits, baselines and comparison (api.runs)."""
+    history = [
+        _param("model", {"type": "string"}),
+        _param("prompt", {"type": "string"}, description="exact prompt"),
+        _param("promptContains", {"type": "string"}),
+        _param("samePromptAs", {"type": "string"}, description="a run, JOB/N"),
+        _param("sameAblationsAs", {"type": "string"}, description="a run, JOB/N"),
+        _param("hasAblations", {"type": "boolean"}),
+        ABLATES,
+        _param("tag", {"type": "array", "items": {"type": "string"}}),
+        _param("label", {"type": "string"}),
+        _param("status", {"type": "string", "enum": [s.value for s in JobStatus]}),
+        _param("endpoint", {"type": "string", "enum": list(ENDPOINTS)}),
+        _param("since", {"type": "string", "format": "date-time"}),
+        _param("until", {"type": "string", "format": "date-time"}),
+        _param("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+        _param("cursor", {"type": "string"}),
+    ]
+    found = {"404": ERRORS["404"], "422": ERRORS["422"]}
+    run = _json(_ref("RunDetail"), "the run, with its own sub-request")
+    comparison = {"type": "object", "description": "settings, loss, node tables, tokens, notes"}
+    return {
+        "/v1/runs": {
+            "get": {
+                "operationId": "list-runs",
+                "parameters": history,
+                "responses": {"200": _json(_ref("RunList"), "newest first"), "422": ERRORS["422"]},
+            }
+        },
+        "/v1/runs/{job}/{n}": {
+            "get": {
+                "operationId": "get-run",
+                "parameters": RUN_ADDRESS,
+                "responses": {"200": run, **found},
+            },
+            "patch": {
+                "operationId": "edit-run",
+                "parameters": RUN_ADDRESS,
+                "requestBody": EDIT_BODY,
+                "responses": {"200": run, **found},
+            },
+        },
+        "/v1/runs/{job}/{n}/baseline": {
+            "get": {
+                "operationId": "get-baseline",
+                "parameters": RUN_ADDRESS,
+                "responses": {"200": _json(_ref("BaselineView"), "the newest clean twin"), **found},
+            },
+            "post": {
+                "operationId": "submit-baseline",
+                "parameters": RUN_ADDRESS,
+                "responses": {
+                    "202": _json(_ref("JobAccepted"), "the clean twin, queued"),
+                    "400": ERRORS["400"],
+                    **found,
+                },
+            },
+        },
+        "/v1/compare": {
+            "get": {
+                "operationId": "compare-runs",
+                "parameters": [
+                    _param(
+                        "a", {"type": "string"}, required=True, description="a run, JOB/N or JOB"
+                    ),
+                    _param(
+                        "b", {"type": "string"}, required=True, description="a run, JOB/N or JOB"
+                    ),
+                    _param("onlyDiff", {"type": "boolean"}),
+                    _param(
+                        "sort", {"type": "string"}, description="a group to sort the node tables by"
+                    ),
+                    _param("top", {"type": "integer", "minimum": 1}),
+                ],
+                "responses": {"200": _json(comparison, "the comparison of a and b"), **found},
+            }
+        },
+    }
+
+
 def _job_paths() -> dict:
     job_id = _param("id", {"type": "string"}, where="path", required=True)
     wait = _param("wait", {"type": "number", "minimum": 0})
@@ -112,6 +225,7 @@ def _job_paths() -> dict:
         _param("tag", {"type": "array", "items": {"type": "string"}}),
         _param("label", {"type": "string"}),
         _param("hasAblations", {"type": "boolean"}),
+        ABLATES,
         _param("since", {"type": "string", "format": "date-time"}),
         _param("until", {"type": "string", "format": "date-time"}),
         _param("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
@@ -131,7 +245,13 @@ def _job_paths() -> dict:
                 "operationId": "get-job",
                 "parameters": [job_id, wait],
                 "responses": {"200": _json(_ref("JobView"), "the job"), **not_found},
-            }
+            },
+            "patch": {
+                "operationId": "edit-job",
+                "parameters": [job_id],
+                "requestBody": EDIT_BODY,
+                "responses": {"200": _json(_ref("JobView"), "the job, relabelled"), **not_found},
+            },
         },
         "/v1/jobs/{id}/result": {
             "get": {
@@ -186,6 +306,7 @@ def openapi_document() -> dict:
     for endpoint in ENDPOINTS:
         paths[f"/{endpoint}"] = _tdb_path(endpoint, keys)
     paths.update(_job_paths())
+    paths.update(_run_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -52,8 +52,8 @@ def parse_address(text: str, path: str = "run") -> tuple[str, int]:
         raise RequestValidationError("a run is named JOB/N or JOB (meaning JOB/0)", path)
     if not sep or index == "":
         return job_id, 0
-    if not index.isdigit():
-        raise RequestValidationError(f"run index {index!r} is not a number (JOB/N)", path)
+    if not (index.isascii() and index.isdigit()) or len(index) > 9:
+        raise RequestValidationError(f"run index {index!r} is not a run number (JOB/N)", path)
     return job_id, int(index)
 
 

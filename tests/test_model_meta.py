@@ -48,7 +48,7 @@ def test_golden_directory_is_named_after_its_last_component():
     meta = resolve_model(str(GOLDEN))
     assert meta.name == "oracle-gpt2-tiny"
     assert meta.source == str(GOLDEN)
-    assert meta.path == GOLDEN
+    assert meta.path == GOLDEN.resolve()
     assert meta.builtin is False
 
 
@@ -77,7 +77,7 @@ def test_results_are_cached_per_spec():
 def test_name_equals_dir_sets_the_served_name():
     meta = resolve_model(f"my-model={GOLDEN}")
     assert meta.name == "my-model"
-    assert meta.path == GOLDEN
+    assert meta.path == GOLDEN.resolve()
     assert meta.n_layers == 3
 
 
