@@ -76,6 +76,9 @@ class JobView(ApiModel):
     attempts: int
     worker: str | None = None
     error: ErrorDetail | None = None
+    cache_hit: bool = Field(
+        False, description="answered from the store: an identical request had finished (cacheOf)"
+    )
     cache_of: str | None = None
     runs: list[RunView] = []
     url: str
@@ -162,6 +165,7 @@ def job_view(job: Job) -> JobView:
         attempts=job.attempts,
         worker=job.worker,
         error=error,
+        cache_hit=job.cache_of is not None,
         cache_of=job.cache_of,
         runs=[run_view(run) for run in job.runs],
         url=url,

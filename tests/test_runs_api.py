@@ -334,14 +334,20 @@ def test_post_baseline_submits_the_clean_twin(client, app_sessions, engine_model
 def test_identical_request_is_answered_from_the_store(client, app_sessions, engine_model):
     first = _submit(client, PAIR["request"])
     pending_twin = _submit(client, PAIR["request"])  # nothing finished yet: a real job
-    assert client.get(f"/v1/jobs/{pending_twin}").get_json()["cacheOf"] is None
+    twin = client.get(f"/v1/jobs/{pending_twin}").get_json()
+    assert (twin["cacheOf"], twin["cacheHit"]) == (None, False)
     assert run_queued(app_sessions, first, engine_model) == "finished"
     response = client.post("/v1/batched_tdb?label=again&tag=z", json=PAIR["request"])
     assert response.status_code == 202
     hit = response.get_json()
     assert hit["status"] == "finished" and hit["id"] not in (first, pending_twin)
     job = client.get(f"/v1/jobs/{hit['id']}").get_json()
-    assert (job["cacheOf"], job["label"], job["tags"]) == (first, "again", ["z"])
+    assert (job["cacheOf"], job["cacheHit"], job["label"], job["tags"]) == (
+        first,
+        True,
+        "again",
+        ["z"],
+    )
     original = client.get(f"/v1/jobs/{first}").get_json()
     assert [r["loss"] for r in job["runs"]] == [r["loss"] for r in original["runs"]]
     assert (
