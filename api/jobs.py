@@ -62,10 +62,28 @@ def job_label() -> str | None:
     return request.args.get("label") or request.headers.get("X-Actq-Label")
 
 
+def accepts_deflate() -> bool:
+    """Whether the client takes ``Content-Encoding: deflate`` (zlib data, RFC 9110 §8.4.1.2)."""
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() == "deflate":
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 def result_response(job: Job) -> Response:
-    """The stored outcome of a final job: the TDB response, or the stored error."""
+    """The stored outcome of a final job: the TDB response, or the stored error.
+
+    The response is stored zlib-compressed; a client that accepts deflate gets those bytes as they
+    are (a tenth of the size, nothing to decompress on the server), any other the JSON text."""
     if job.status == JobStatus.FINISHED:
-        return Response(response_bytes(job), status=200, mimetype="application/json")
+        if accepts_deflate():
+            response = Response(job.response, status=200, mimetype="application/json")
+            response.headers["Content-Encoding"] = "deflate"
+        else:
+            response = Response(response_bytes(job), status=200, mimetype="application/json")
+        response.vary.add("Accept-Encoding")
+        return response
     error = dict(job.error or {})
     if job.status == JobStatus.CANCELED:
         error = {"type": "canceled", "message": "the job was canceled", "status": 409}

@@ -18,6 +18,7 @@ prints:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import secrets
 import statistics
@@ -95,6 +96,9 @@ def start_stack(workdir: Path, db: str, broker: str, model: str, data_dir: Path)
 
 
 POOL = ["prefork"]
+# Two CPU workers on one machine share its cores: each gets its share of torch threads, or they
+# oversubscribe the cores and both crawl. (A GPU worker needs few CPU threads.)
+THREADS_PER_WORKER_OF_TWO = max(1, (os.cpu_count() or 2) // 2)
 
 
 def add_worker(stack: Stack, name: str) -> None:
@@ -111,6 +115,21 @@ def submit_to_result(client: Client, request: dict) -> tuple[float, str]:
     elapsed = time.perf_counter() - start
     assert status == 200, (status, _body[:300])
     return elapsed, job["id"]
+
+
+def breakdown(job: dict, e2e: float) -> dict[str, float]:
+    """Where the service's time went: waiting to be claimed, the worker's own work around the
+    engine (claim, encode, compress, store), and delivering the result to the client."""
+    created, started, finished = (
+        dt.datetime.fromisoformat(job[k]) for k in ("createdAt", "startedAt", "finishedAt")
+    )
+    queued = (started - created).total_seconds()
+    worker = (finished - started).total_seconds() - job["engineSeconds"]
+    return {
+        "queued": queued,
+        "worker": worker,
+        "delivery": e2e - (finished - created).total_seconds(),
+    }
 
 
 def throughput(client: Client, request: dict, burst: int) -> float:
@@ -158,17 +177,24 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
     try:
         for _ in range(3):
             submit_to_result(client, request)  # warm-up: model load, first-call costs
-        e2e, engine, local = [], [], []
+        e2e, engine, local, parts = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             seconds, job_id = submit_to_result(client, request)
+            job = client.status(job_id)
             e2e.append(seconds)
-            engine.append(client.status(job_id)["engineSeconds"])
+            engine.append(job["engineSeconds"])
+            parts.append(breakdown(job, seconds))
             local.append(in_process_seconds(request, local_model))
         overhead = [a - b for a, b in zip(e2e, engine, strict=True)]
-        one = throughput(client, request, args.burst)
-        add_worker(stack, "worker2")
-        throughput(client, request, 4)  # warm the second worker
-        two = throughput(client, request, args.burst)
+        one = two = None
+        if not args.skip_throughput:
+            one = throughput(client, request, args.burst)
+            stack.processes.pop("worker1").stop()
+            stack.env["ACTQ_TORCH_THREADS"] = str(THREADS_PER_WORKER_OF_TWO)
+            add_worker(stack, "worker2")
+            add_worker(stack, "worker3")
+            throughput(client, request, 4)  # warm both workers
+            two = throughput(client, request, args.burst)
     finally:
         stack.stop()
     local = statistics.median(local)
@@ -180,8 +206,18 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
     print(
         f"  service overhead            {med_over * 1000:9.1f} ms ({med_over / med_engine:.1%} of engine)"
     )
-    print(f"  throughput, 1 worker        {one:9.2f} jobs/s  (burst of {args.burst})")
-    print(f"  throughput, 2 workers       {two:9.2f} jobs/s  (burst of {args.burst})")
+    for label, key in (
+        ("  of which: submit -> claimed", "queued"),
+        ("            worker, not engine", "worker"),
+        ("            finished -> client", "delivery"),
+    ):
+        print(f"{label}   {statistics.median(p[key] for p in parts) * 1000:9.1f} ms")
+    if one is not None:
+        print(f"  throughput, 1 worker        {one:9.2f} jobs/s  (burst of {args.burst})")
+        print(
+            f"  throughput, 2 workers       {two:9.2f} jobs/s  (burst of {args.burst}, "
+            f"{THREADS_PER_WORKER_OF_TWO} torch threads each)"
+        )
     sys.stdout.flush()
 
 
@@ -191,6 +227,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=40)
     parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-small-random"])
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     POOL[0] = args.pool
     with tempfile.TemporaryDirectory(prefix="actq-bench-") as tmp:

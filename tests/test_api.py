@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -137,6 +138,12 @@ def test_finished_job_result_is_the_stored_tdb_json(client, app_sessions, engine
     assert dumps(parsed).encode() == result.data  # stored as TDB writes it, byte for byte
     expected = run("batched_tdb", TDB["request"], engine_model)
     assert_same_response(strip_timing(parsed), strip_timing(expected))
+    deflated = client.get(f"/v1/jobs/{job_id}/result", headers={"Accept-Encoding": "gzip, deflate"})
+    assert deflated.headers["Content-Encoding"] == "deflate"
+    assert len(deflated.data) < len(result.data) / 2
+    assert zlib.decompress(deflated.data) == result.data
+    refused = client.get(f"/v1/jobs/{job_id}/result", headers={"Accept-Encoding": "deflate;q=0"})
+    assert "Content-Encoding" not in refused.headers and refused.data == result.data
     status = client.get(f"/v1/jobs/{job_id}")
     assert "Retry-After" not in status.headers
     body = status.get_json()
@@ -195,7 +202,14 @@ def test_history_filters_and_pages(client):
     assert page["next"].endswith(f"cursor={page['nextCursor']}")
     rest = client.get(page["next"]).get_json()
     assert [j["id"] for j in rest["jobs"]] == [a] and rest["nextCursor"] is None
-    for bad in ("status=done", "endpoint=x", "limit=0", "since=yesterday", "hasAblations=maybe", "ablates=nonsense"):
+    for bad in (
+        "status=done",
+        "endpoint=x",
+        "limit=0",
+        "since=yesterday",
+        "hasAblations=maybe",
+        "ablates=nonsense",
+    ):
         assert client.get(f"/v1/jobs?{bad}").status_code == 422
 
 
