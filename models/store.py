@@ -58,8 +58,7 @@ def request_hash(endpoint: str, request: Any, model: str, revision: str | None) 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def compress_response(text: str) -> bytes:
-    return zlib.compress(text.encode("utf-8"), 1)  # 3x faster than level 6, 12% larger
+COMPRESSION_LEVEL = 1  # zlib: 3x faster than the default 6, responses 12% larger
 
 
 def response_bytes(job: Job) -> bytes | None:
@@ -191,14 +190,16 @@ def finish_job(
     engine_seconds: float | None,
 ) -> bool:
     """Store the response and mark the job ``finished``; False if the attempt was superseded."""
+    encoded = response_text.encode("utf-8")
+    compressed = zlib.compress(encoded, COMPRESSION_LEVEL)
     now = utcnow()
     result = session.execute(
         update(Job)
         .where(*_held(job_id, attempt))
         .values(
             status=JobStatus.FINISHED.value,
-            response=compress_response(response_text),
-            response_size=len(response_text.encode("utf-8")),
+            response=compressed,
+            response_size=len(encoded),
             finished_at=now,
             heartbeat_at=now,
             engine_seconds=engine_seconds,
