@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402  (after the importors
 
 pytestmark = pytest.mark.slow
 
-# Per operation, plus schemathesis's coverage phase: about 7,000 requests in all. A longer, random
+# Per operation, plus schemathesis's coverage phase: about 7,800 requests in all. A longer, random
 # run: ACTQ_FUZZ_EXAMPLES=500 ACTQ_FUZZ_RANDOM=1 pytest tests/test_fuzz.py -rP
 EXAMPLES_PER_OPERATION = int(os.environ.get("ACTQ_FUZZ_EXAMPLES", "30"))
 RANDOM = os.environ.get("ACTQ_FUZZ_RANDOM") == "1"
