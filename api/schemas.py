@@ -39,7 +39,9 @@ class Links(ApiModel):
     result: str
 
 
-class RunView(ApiModel):
+class RunSummary(ApiModel):
+    """One run as a job lists it (the full view is api.run_views.RunView)."""
+
     index: int
     address: str = Field(description="JOB/N: how this run is named in comparisons")
     prompt: str
@@ -80,7 +82,7 @@ class JobView(ApiModel):
         False, description="answered from the store: an identical request had finished (cacheOf)"
     )
     cache_of: str | None = None
-    runs: list[RunView] = []
+    runs: list[RunSummary] = []
     url: str
     result_url: str
     links: Links
@@ -126,8 +128,8 @@ def job_url(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def run_view(run: Run) -> RunView:
-    return RunView(
+def run_summary(run: Run) -> RunSummary:
+    return RunSummary(
         index=run.index,
         address=run.address,
         prompt=run.prompt,
@@ -167,7 +169,7 @@ def job_view(job: Job) -> JobView:
         error=error,
         cache_hit=job.cache_of is not None,
         cache_of=job.cache_of,
-        runs=[run_view(run) for run in job.runs],
+        runs=[run_summary(run) for run in job.runs],
         url=url,
         result_url=f"{url}/result",
         links=Links(self_=url, result=f"{url}/result"),
