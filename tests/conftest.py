@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.shared_dir import GOLDEN
-from tests.stack import Stack, free_port, healthy, wait_until, worker_ready
+from tests.stack import Stack, free_port, healthy, start_up, wait_until, worker_ready
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = GOLDEN
@@ -272,17 +272,7 @@ def embedded_stack(tmp_path_factory, golden_model_dir):
     data_dir = workdir / "data"
     stack.data_dir = data_dir
     try:
-        stack.add(
-            "up",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--model",
-            str(golden_model_dir),
-        )
-        wait_until(lambda: healthy(stack.url), 60, "actq up", stack)
+        start_up(stack, port, data_dir, golden_model_dir)
         yield stack
     finally:
         stack.stop()

@@ -100,6 +100,15 @@ def wait_until(check, timeout: float, what: str, stack: Stack | None = None) -> 
     raise TimeoutError(f"{what} not ready after {timeout}s\n{details}")
 
 
+def start_up(stack: Stack, port: int, data_dir, model) -> Process:
+    """``actq up`` (SQLite, filesystem broker, API and one worker) in ``stack``, serving."""
+    process = stack.add(
+        "up", "up", "--port", str(port), "--data-dir", str(data_dir), "--model", str(model)
+    )
+    wait_until(lambda: healthy(stack.url), 60, "actq up", stack)
+    return process
+
+
 def healthy(url: str) -> bool:
     return requests.get(f"{url}/healthz", timeout=2).status_code == 200
 

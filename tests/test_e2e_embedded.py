@@ -85,7 +85,7 @@ def test_actq_up_puts_pending_jobs_back_in_the_queue(tmp_path, golden_model_dir)
     from models import store
     from models.db import make_engine, make_sessionmaker
     from tests.conftest import GOLDEN_MODEL_NAME, _base_env
-    from tests.stack import Stack, free_port, healthy, wait_until
+    from tests.stack import Stack, free_port, start_up
 
     data_dir = tmp_path / "data"
     url = f"sqlite:///{data_dir / 'actq.db'}"
@@ -111,17 +111,7 @@ def test_actq_up_puts_pending_jobs_back_in_the_queue(tmp_path, golden_model_dir)
     port = free_port()
     stack = Stack(url=f"http://127.0.0.1:{port}", env=_base_env(tmp_path), workdir=tmp_path)
     try:
-        stack.add(
-            "up",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--model",
-            str(golden_model_dir),
-        )
-        wait_until(lambda: healthy(stack.url), 60, "actq up", stack)
+        start_up(stack, port, data_dir, golden_model_dir)
         client = Client(stack.url)
         finals = [client.wait(job_id, timeout=120) for job_id in ids]
     finally:

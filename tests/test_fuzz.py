@@ -18,7 +18,7 @@ import requests
 
 from api.openapi import openapi_document
 from tests.conftest import _base_env
-from tests.stack import Stack, free_port, healthy, wait_until
+from tests.stack import Stack, free_port, start_up
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
@@ -41,17 +41,7 @@ def fuzz_stack(tmp_path_factory, golden_model_dir):
     stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
     data = workdir / "data"
     try:
-        stack.add(
-            "up",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--model",
-            str(golden_model_dir),
-        )
-        wait_until(lambda: healthy(stack.url), 60, "actq up", stack)
+        start_up(stack, port, data, golden_model_dir)
         yield stack
     finally:
         stack.stop()
