@@ -59,6 +59,3 @@ def _settings(app: Flask, config: dict[str, Any] | Settings | None) -> Settings:
         return settings.model_copy(update=overrides) if overrides else settings
     return Settings(**overrides)
 
-
-def settings_of(app: Flask) -> Settings:
-    return app.config["ACTQ_SETTINGS"]

@@ -53,7 +53,3 @@ class NotFoundError(ActqError):
     status = 404
     type = "not_found"
 
-
-class PayloadTooLargeError(ActqError):
-    status = 413
-    type = "payload_too_large"

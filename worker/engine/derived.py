@@ -151,10 +151,6 @@ class DstDef:
     direction: bool = False  # reads g (the real backward pass at the trace/loss location)
     activation_direction: bool = False  # reads g̃ (recomputed, no backward pass)
 
-    @property
-    def needs_backward_pass(self) -> bool:
-        return bool(self.grad_points) or self.direction
-
 
 def _raw(point: str, layered: bool) -> DstDef:
     return DstDef(
