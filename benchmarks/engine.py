@@ -4,7 +4,8 @@ Builds a gpt2-small-sized random model (12 layers, d_model 768; GPT2Config, no d
 temporary directory, then for 20 and 60 prompt tokens prints, per request kind:
   * the engine's time per request (min / median / max of 5 after one warm-up),
   * the plain HF GPT2LMHeadModel forward+backward time of the same batch in the same process,
-  * the ratio engine / floor,
+  * the ratio engine / floor, and against the stricter floor of the same pass with the weights
+    frozen (gradients for activations only, as actq computes them),
   * peak resident memory while serving, against the memory of the loaded model alone.
 Each (kind, length) runs in its own subprocess so that peak-memory readings do not mix.
 
@@ -150,6 +151,27 @@ def touch_weights(weights) -> None:
         float(t.sum())
 
 
+def hf_forward_backward(hf, tokens, repeats: int, device: str, embeds: bool = False) -> list[float]:
+    """Seconds of HF forward+backward of a logit difference, `repeats` times after a warm-up."""
+    import torch
+
+    out = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        if embeds:  # weights frozen: the gradient starts at the input embeddings
+            x = hf.transformer.wte(tokens).detach().requires_grad_(True)
+            logits = hf(inputs_embeds=x).logits
+        else:
+            logits = hf(tokens).logits
+        (logits[:, -1, 100] - logits[:, -1, 200]).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            out.append(time.perf_counter() - start)
+        hf.zero_grad(set_to_none=True)
+    return out
+
+
 def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str) -> dict:
     import torch
     from transformers import GPT2LMHeadModel
@@ -187,21 +209,16 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     del model
     hf = GPT2LMHeadModel.from_pretrained(model_dir).to(device)
     tokens = torch.randint(0, 50000, (batch, n_tokens), device=device)
-    floor = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        logits = hf(tokens).logits
-        (logits[:, -1, 100] - logits[:, -1, 200]).sum().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            floor.append(time.perf_counter() - start)
-        hf.zero_grad(set_to_none=True)
+    floor = hf_forward_backward(hf, tokens, repeats, device)
+    for p in hf.parameters():  # the stricter floor: gradients for activations only, like actq
+        p.requires_grad_(False)
+    floor_frozen = hf_forward_backward(hf, tokens, repeats, device, embeds=True)
     return {
         "kind": kind,
         "tokens": n_tokens,
         "times": times,
         "floor": floor,
+        "floor_frozen": floor_frozen,
         "runtime_rss": runtime,
         "loaded_rss": loaded,
         "peak_rss": peak,
@@ -258,8 +275,10 @@ def main() -> None:
                     f"{r['peak_rss'] / r['loaded_rss']:11.2f} {r['response_bytes'] / 1024:8.0f}"
                 )
                 extra = (r["peak_rss"] - r["loaded_rss"]) / r["param_bytes"]
+                frozen = statistics.median(r["floor_frozen"])
                 print(
-                    f"{'':32} {'':6} serving adds {extra:.2f}x the weights' size "
+                    f"{'':32} {'':6} HF f+b with frozen weights {frozen:.3f} s (ratio "
+                    f"{med / frozen:.2f}); serving adds {extra:.2f}x the weights' size "
                     f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)"
                 )
         print(
