@@ -370,7 +370,12 @@ def _add_process_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="actq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="actq",
+        description="actq: an activation server for transformer interpretability that runs "
+        "Transformer Debugger (TDB) requests as jobs. `actq up` starts a self-contained service; "
+        "`actq run ENDPOINT REQUEST.json` answers one request in-process.",
+    )
     parser.add_argument(
         "--url", help="service URL (default: ACTQ_API_URL or http://127.0.0.1:8000)"
     )
