@@ -56,6 +56,8 @@ def test_logits_match_hugging_face_on_random_tokens(model_and_hf):
     diff = (_engine_logits(model, tokens) - expected).abs()
     assert float(diff.max()) < 1e-4
     assert float(diff.mean()) < 5e-5
+    # relative to the logits' own scale, the two passes agree to float32 rounding (issue: "to 1e-5")
+    assert float(diff.max()) <= 1e-5 * float(expected.abs().max())
 
 
 def test_softmax_kl_against_hugging_face_is_tiny(model_and_hf):
