@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from flask import current_app, has_request_context
 from flask import request as http_request
 from sqlalchemy import select
@@ -27,7 +28,7 @@ from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
 from models.errors import NotFoundError
-from models.jobs import ENDPOINTS, JobStatus
+from models.jobs import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
 from models.protocol import parse_request, to_wire
 from models.records import Job
 from models.recovery import mark_published
@@ -37,7 +38,8 @@ from models.validation import validate_request
 
 log = logging.getLogger(__name__)
 
-POLL_CAP_SECONDS = 0.02  # longest pause between two looks at a waited-for job
+POLL_CAP_SECONDS = 0.02  # longest pause between two looks at a waited-for job (no Redis)
+ANNOUNCED_LOOK_SECONDS = 0.5  # with Redis: look at least this often, announced or not
 
 
 def check_metadata(label: str | None, tags: list[str]) -> None:
@@ -130,20 +132,60 @@ def fresh_requested() -> bool:
 
 
 def wait_for(job_id: str, seconds: float) -> Job | None:
-    """Poll the job's status until it is final or ``seconds`` pass; returns the job then.
+    """Look at the job's status until it is final or ``seconds`` pass; returns the job then.
 
-    A look reads one column by primary key, so looking often is cheap; the whole row (with its
-    response) is read once, at the end."""
+    With a Redis broker the look follows each "job done" announcement of the workers (and every
+    half second regardless); otherwise it polls. A look reads one column by primary key; the
+    whole row (with its response) is read once, at the end."""
     deadline = time.monotonic() + max(0.0, seconds)
-    delay = 0.002
-    while True:
-        with sessions()() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-        if status is None or JobStatus(status).is_final or time.monotonic() >= deadline:
+    announcements = _job_done_announcements()
+    try:
+        delay = 0.002
+        while True:
             with sessions()() as session:
-                return get_job(session, job_id)
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, POLL_CAP_SECONDS)
+                status = session.scalar(select(Job.status).where(Job.id == job_id))
+            left = deadline - time.monotonic()
+            if status is None or JobStatus(status).is_final or left <= 0:
+                with sessions()() as session:
+                    return get_job(session, job_id)
+            if announcements is not None:
+                _await_announcement(announcements, job_id, min(left, ANNOUNCED_LOOK_SECONDS))
+            else:
+                time.sleep(min(delay, left))
+                delay = min(delay * 1.5, POLL_CAP_SECONDS)
+    finally:
+        if announcements is not None:
+            announcements.close()
+
+
+def _job_done_announcements():
+    """A subscription to the workers' "job done" channel, or None (no Redis broker, or Redis
+    unreachable: then waiting polls)."""
+    settings = current_app.config["ACTQ_SETTINGS"]
+    if not settings.broker().startswith(("redis://", "rediss://")):
+        return None
+    try:
+        client = current_app.extensions.get("actq.redis")
+        if client is None:
+            client = current_app.extensions["actq.redis"] = redis.Redis.from_url(settings.broker())
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(JOB_DONE_CHANNEL)
+        return pubsub
+    except redis.RedisError as error:
+        log.debug("No job-done announcements (%s); polling", error)
+        return None
+
+
+def _await_announcement(pubsub, job_id: str, seconds: float) -> None:
+    """Return when ``job_id`` is announced, or after ``seconds``, or on a Redis error."""
+    end = time.monotonic() + seconds
+    try:
+        while (left := end - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if message is not None and message.get("data") in (job_id, job_id.encode()):
+                return
+    except redis.RedisError:
+        time.sleep(max(0.0, min(POLL_CAP_SECONDS, end - time.monotonic())))
 
 
 def wait_cap() -> float:

@@ -69,6 +69,9 @@ INFERENCE_ENDPOINTS: tuple[str, ...] = (
 ENDPOINTS: tuple[str, ...] = (*INFERENCE_ENDPOINTS, "model_info")
 
 TASK_NAME = "actq.run_job"
+# A worker publishes a job's id here (Redis pub/sub) once its outcome is stored, so that requests
+# waiting for it answer at once; waiting never depends on it (they also look every half second).
+JOB_DONE_CHANNEL = "actq.job-done"
 QUEUE_PREFIX = "actq."
 
 

@@ -43,13 +43,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import recovery, store
 from models.db import make_engine, make_sessionmaker
 from models.errors import ActqError
-from models.jobs import TASK_NAME
+from models.jobs import JOB_DONE_CHANNEL, TASK_NAME, JobStatus
 from models.runs import run_losses
 from models.settings import Settings
 from models.wirejson import dumps
@@ -356,6 +357,7 @@ class _ProcessState:
         self._sessions: sessionmaker[Session] | None = None
         self._engine = None
         self._model = None
+        self._redis = None
         self._lock = threading.Lock()
 
     def sessions(self) -> sessionmaker[Session]:
@@ -375,10 +377,24 @@ class _ProcessState:
                 # a process forked after torch ran in its parent starts with one thread
                 torch.set_num_threads(self.settings.torch_threads or os.cpu_count() or 1)
                 log.info(
-                    "Loading model %s (%d torch threads)", self.settings.model, torch.get_num_threads()
+                    "Loading model %s (%d torch threads)",
+                    self.settings.model,
+                    torch.get_num_threads(),
                 )
                 self._model = load_model(self.settings.model, device=self.settings.device)
             return self._model
+
+    def announce_done(self, job_id: str) -> None:
+        """Tell waiting API requests (Redis pub/sub) that the job's outcome is stored."""
+        url = self.settings.broker()
+        if not url.startswith(("redis://", "rediss://")):
+            return
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(url)
+            self._redis.publish(JOB_DONE_CHANNEL, job_id)
+        except redis.RedisError as error:  # waiters look again within half a second anyway
+            log.debug("Job %s: could not announce it done: %s", job_id, error)
 
     def dispose(self) -> None:
         with self._lock:
@@ -404,17 +420,23 @@ def process_sessions() -> sessionmaker[Session]:
     return _state.sessions()
 
 
+FINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_final)
+
+
 def run_job(task, job_id: str) -> str | None:
     """The body of ``actq.run_job``: retries only when the database connection fails."""
     settings = _state.settings
     try:
-        return execute_job(
+        status = execute_job(
             _state.sessions(),
             job_id,
             model=_state.model,
             worker=f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
             limits=JobLimits.from_settings(settings),
         )
+        if status in FINAL_STATUSES:
+            _state.announce_done(job_id)
+        return status
     except (*DB_CONNECTION_ERRORS, DBAPIError) as error:
         if not isinstance(error, DB_CONNECTION_ERRORS) and not error.connection_invalidated:
             raise
