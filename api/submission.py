@@ -138,9 +138,8 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
     half second regardless); otherwise it polls. A look reads one column by primary key; the
     whole row (with its response) is read once, at the end."""
     deadline = time.monotonic() + max(0.0, seconds)
-    announcements = _job_done_announcements()
+    announcements, subscribed, delay = None, False, 0.002
     try:
-        delay = 0.002
         while True:
             with sessions()() as session:
                 status = session.scalar(select(Job.status).where(Job.id == job_id))
@@ -148,6 +147,10 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
             if status is None or JobStatus(status).is_final or left <= 0:
                 with sessions()() as session:
                     return get_job(session, job_id)
+            if not subscribed:  # about to wait for the first time: subscribe, if there is Redis
+                announcements, subscribed = _job_done_announcements(), True
+                if announcements is not None:
+                    continue  # look once more: the job may have finished before the subscription
             if announcements is not None:
                 _await_announcement(announcements, job_id, min(left, ANNOUNCED_LOOK_SECONDS))
             else:
@@ -167,7 +170,8 @@ def _job_done_announcements():
     try:
         client = current_app.extensions.get("actq.redis")
         if client is None:
-            client = current_app.extensions["actq.redis"] = redis.Redis.from_url(settings.broker())
+            client = redis.Redis.from_url(settings.broker(), socket_connect_timeout=2)
+            current_app.extensions["actq.redis"] = client
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(JOB_DONE_CHANNEL)
         return pubsub
