@@ -180,9 +180,11 @@ def _time(name: str) -> dt.datetime | None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        value.astimezone(dt.UTC)  # a time that only exists before year 1 in UTC cannot be compared
+    except (ValueError, OverflowError):
         raise RequestValidationError(f"{name} must be an ISO 8601 time", name) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return value
 
 
 def _bool(name: str) -> bool | None:
