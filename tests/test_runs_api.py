@@ -164,6 +164,8 @@ def test_a_run_is_addressed_as_job_slash_n_or_by_its_job(client, app_sessions):
     assert missing.status_code == 404
     assert f"there is no run {job}/2" in missing.get_json()["error"]["message"]
     assert client.get("/v1/runs/nosuchjob/0").status_code == 404
+    huge = client.get(f"/v1/runs/{job}/9223372036854775808")  # found by the fuzz test: was a 500
+    assert huge.status_code == 422 and huge.get_json()["error"]["path"] == "run"
 
 
 def test_labels_and_tags_are_edited_on_runs_and_jobs(client, app_sessions):
