@@ -193,9 +193,14 @@ def _norm(point: str) -> Fn:
     return lambda v, layer: v.fwd(point, layer).norm(dim=-1, keepdim=True)
 
 
+def _direction(v: ElementView, recomputed: bool) -> tuple[torch.Tensor, int, int]:
+    """g from the real backward pass, or g̃ recomputed from forward values (§3.6)."""
+    return v.activation_direction() if recomputed else v.direction()
+
+
 def _projection(point: str, loc: int, activation: bool = False) -> Fn:
     def fn(v: ElementView, layer):
-        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        g, lg, loc_g = _direction(v, activation)
         x = v.fwd(point, layer)
         if not gate(layer, loc, lg, loc_g):
             return torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
@@ -207,7 +212,7 @@ def _projection(point: str, loc: int, activation: bool = False) -> Fn:
 def _mlp_write_to_grad(activation: bool) -> Fn:
     def fn(v: ElementView, layer):
         post = v.fwd("mlp.post_act", layer)
-        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        g, lg, loc_g = _direction(v, activation)
         if not gate(layer, MLP, lg, loc_g):
             return torch.zeros_like(post)
         # a loss-driven direction is zero but at the last token: project only the rows that are not
@@ -222,7 +227,7 @@ def _mlp_write_to_grad(activation: bool) -> Fn:
 def _attn_write_to_grad(activation: bool) -> Fn:
     def fn(v: ElementView, layer):
         probs = v.fwd("attn.qk_probs", layer)
-        g, lg, loc_g = v.activation_direction() if activation else v.direction()
+        g, lg, loc_g = _direction(v, activation)
         if not gate(layer, ATTN, lg, loc_g):
             return torch.zeros_like(probs)
         return probs * torch.einsum("khd,qd->qkh", v.vo(layer), g)
