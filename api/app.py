@@ -58,4 +58,3 @@ def _settings(app: Flask, config: dict[str, Any] | Settings | None) -> Settings:
     if settings is not None:
         return settings.model_copy(update=overrides) if overrides else settings
     return Settings(**overrides)
-

@@ -2,7 +2,7 @@
 
 ``Authorization: Bearer KEY`` names the caller (a browser, for the HTML pages, may send the key as
 the password of HTTP Basic authentication, which it asks for on a 401). The key's name is the
-owner of the jobs it submits (``models.keys``). Visibility is enforced in the queries, not in the views: every ORM ``SELECT``
+owner of the jobs it submits (``models.store.keys``). Visibility is enforced in the queries, not in the views: every ORM ``SELECT``
 made through the app's sessions gets ``Job.owner = <caller>`` on jobs and the same condition (on
 the run's job) on runs (SQLAlchemy's ``with_loader_criteria``, added in a ``do_orm_execute`` hook),
 so the job, run, history, comparison and page routes all see only the caller's rows; another
@@ -29,9 +29,9 @@ from sqlalchemy.orm import ORMExecuteState, with_loader_criteria
 from api.database import get_session
 from api.errors import error_body
 from api.ratelimit import make_buckets, retry_after
-from models.keys import any_active_key, find_key
-from models.records import Job, Run
 from models.settings import Settings
+from models.store.keys import any_active_key, find_key
+from models.store.tables import Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def is_loopback(host: str) -> bool:
 
 
 def keys_configured(settings: Settings) -> bool:
-    from models.db import make_engine, make_sessionmaker
+    from models.store.db import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database())
     try:

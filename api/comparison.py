@@ -23,7 +23,7 @@ from api.comparison_tables import (
     output_tokens,
     token_sums,
 )
-from models.runs import canonical_ablations, canonical_json
+from models.store.runs import canonical_ablations, canonical_json
 
 TOP_K = "multiple_top_k_derived_scalars_response_data"
 DERIVED = "derived_scalars_response_data"

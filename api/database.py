@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_sessionmaker
+from models.store.db import make_engine, make_sessionmaker
 
 
 def init_app(app: Flask) -> None:

@@ -20,11 +20,11 @@ from api.database import get_session
 from api.schemas import JobList, accepted, job_view
 from api.submission import submit, wait_cap, wait_for
 from models.errors import ActqError, NotFoundError, RequestValidationError
-from models.jobs import ENDPOINTS, JobStatus
-from models.records import Job
-from models.recovery import request_cancel
-from models.run_keys import parse_key
-from models.store import JobFilter, get_job, list_jobs, response_bytes
+from models.store.jobs import JobFilter, get_job, list_jobs, response_bytes
+from models.store.lifecycle import ENDPOINTS, JobStatus
+from models.store.recovery import request_cancel
+from models.store.run_keys import parse_key
+from models.store.tables import Job
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 

@@ -17,8 +17,8 @@ from typing import Any
 from flask import current_app
 
 from models.errors import RequestValidationError
-from models.protocol import WireModel
 from models.settings import Settings
+from models.wire.protocol import WireModel
 
 # Fields that ask for "the top N of something": tokens, nodes, attended-to tokens.
 TOP_K_FIELDS = frozenset(

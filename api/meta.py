@@ -9,7 +9,7 @@ from api.database import get_session
 from api.openapi import openapi_document
 from api.schemas import Health, ModelList, ModelView
 from api.served import served_models
-from models.jobs import queue_name
+from models.store.lifecycle import queue_name
 
 bp = Blueprint("meta", __name__)
 

@@ -13,8 +13,8 @@ from pydantic.json_schema import models_json_schema
 
 from api.run_views import BaselineView, RunDetail, RunList
 from api.schemas import ErrorBody, Health, JobAccepted, JobList, JobView, ModelList
-from models.jobs import ENDPOINTS, JobStatus
-from models.protocol import REQUEST_MODELS, RESPONSE_MODELS
+from models.store.lifecycle import ENDPOINTS, JobStatus
+from models.wire.protocol import REQUEST_MODELS, RESPONSE_MODELS
 
 REF = "#/components/schemas/{model}"
 

@@ -1,7 +1,7 @@
 """Server-rendered pages: run history (``/runs``), a permalink per run (``/runs/JOB/N``) and the
 comparison of two runs (``/compare?a=&b=``). Plain HTML from Jinja templates with inline SVG
 charts (``api.charts``) and one small stylesheet; every page reads fine without JavaScript. The
-data comes from the same functions as the JSON routes (``api.runs``, ``models.history``).
+data comes from the same functions as the JSON routes (``api.runs``, ``models.store.history``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from api.run_views import compare_query, run_detail, run_view
 from api.runs import comparison_of, no_baseline_message, run_filter, submit_clean_twin
 from api.submission import check_metadata
 from models.errors import ActqError
-from models.history import edit_run, find_baseline, find_run, list_runs
+from models.store.history import edit_run, find_baseline, find_run, list_runs
 
 bp = Blueprint("pages", __name__)
 

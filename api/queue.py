@@ -11,8 +11,8 @@ import logging
 from celery import Celery
 from flask import Flask, current_app
 
-from models.jobs import TASK_NAME, queue_name
 from models.settings import celery_config, ensure_broker_folders
+from models.store.lifecycle import TASK_NAME, queue_name
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from pydantic import Field
 
 from api.comparison import RunSide, run_side, sub_request
 from api.schemas import ApiModel
-from models.records import Run
-from models.run_keys import ablation_keys
-from models.store import response_bytes
+from models.store.jobs import response_bytes
+from models.store.run_keys import ablation_keys
+from models.store.tables import Run
 
 
 class RunView(ApiModel):

@@ -28,7 +28,7 @@ from api.run_views import (
 from api.schemas import accepted, job_view
 from api.submission import check_metadata, submit
 from models.errors import NotFoundError, RequestError, RequestValidationError
-from models.history import (
+from models.store.history import (
     RunFilter,
     edit_job,
     edit_run,
@@ -36,9 +36,9 @@ from models.history import (
     find_run,
     list_runs,
 )
-from models.jobs import ENDPOINTS, JobStatus
-from models.records import Job, Run
-from models.run_keys import parse_key
+from models.store.lifecycle import ENDPOINTS, JobStatus
+from models.store.run_keys import parse_key
+from models.store.tables import Job, Run
 
 bp = Blueprint("runs", __name__, url_prefix="/v1")
 

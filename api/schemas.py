@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from models.records import Job, Run
+from models.store.tables import Job, Run
 
 
 class ApiModel(BaseModel):

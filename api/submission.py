@@ -27,14 +27,14 @@ from api.auth import current_owner
 from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
+from models.checks import validate_request
 from models.errors import NotFoundError
-from models.jobs import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
-from models.protocol import parse_request, to_wire
-from models.records import Job
-from models.recovery import mark_published
-from models.result_cache import reuse_result
-from models.store import create_job, get_job
-from models.validation import validate_request
+from models.store.cache import reuse_result
+from models.store.jobs import create_job, get_job
+from models.store.lifecycle import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
+from models.store.recovery import mark_published
+from models.store.tables import Job
+from models.wire.protocol import parse_request, to_wire
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from api.jobs import result_response
 from api.submission import submit, wait_for
 from models.errors import ActqError
-from models.jobs import ENDPOINTS, JobStatus
+from models.store.lifecycle import ENDPOINTS, JobStatus
 
 bp = Blueprint("tdb", __name__)
 

@@ -60,7 +60,7 @@ def fresh_database(server_url: str) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from models.db import make_engine
+    from models.store.db import make_engine
 
     name = f"actq_bench_{secrets.token_hex(4)}"
     admin = make_engine(server_url, isolation_level="AUTOCOMMIT")

@@ -11,9 +11,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from models.db import make_engine
-from models.records import Base
 from models.settings import Settings
+from models.store.db import make_engine
+from models.store.tables import Base
 
 config = context.config
 if config.attributes.get("configure_logging", True) and config.config_file_name:

@@ -52,4 +52,3 @@ class UnsupportedError(ActqError):
 class NotFoundError(ActqError):
     status = 404
     type = "not_found"
-

@@ -132,7 +132,9 @@ LN_F_ABLATION = {
 }
 
 
-def ablation(location: str, indices: list, layer: int | None, value: float, backward: bool = False) -> dict:
+def ablation(
+    location: str, indices: list, layer: int | None, value: float, backward: bool = False
+) -> dict:
     return {
         "index": {
             "activationLocationType": location,
@@ -145,10 +147,17 @@ def ablation(location: str, indices: list, layer: int | None, value: float, back
 
 
 def node(node_type: str, indices: list[int], layer: int | None) -> dict:
-    return {"nodeType": node_type, "tensorIndices": list(indices), "layerIndex": layer, "passType": "forward"}
+    return {
+        "nodeType": node_type,
+        "tensorIndices": list(indices),
+        "layerIndex": layer,
+        "passType": "forward",
+    }
 
 
-def trace(node_index: dict, post: bool, detach: bool, trace_type: str | None = None, downstream=None) -> dict:
+def trace(
+    node_index: dict, post: bool, detach: bool, trace_type: str | None = None, downstream=None
+) -> dict:
     return {
         "nodeIndex": node_index,
         "preOrPostAct": "post" if post else "pre",
@@ -158,7 +167,9 @@ def trace(node_index: dict, post: bool, detach: bool, trace_type: str | None = N
     }
 
 
-def inference_spec(prompt: str, loss: dict | None = None, ablations: list | None = None, trace_config=None) -> dict:
+def inference_spec(
+    prompt: str, loss: dict | None = None, ablations: list | None = None, trace_config=None
+) -> dict:
     return {
         "prompt": prompt,
         "ablationSpecs": ablations,
@@ -168,8 +179,13 @@ def inference_spec(prompt: str, loss: dict | None = None, ablations: list | None
     }
 
 
-def mtk(groups: dict[str, list[str]], k: int | None = None, token_index: int | None = None,
-        keep: list[str] | None = None, pass_type: str = "forward") -> dict:
+def mtk(
+    groups: dict[str, list[str]],
+    k: int | None = None,
+    token_index: int | None = None,
+    keep: list[str] | None = None,
+    pass_type: str = "forward",
+) -> dict:
     return {
         "dstListByGroupId": groups,
         "tokenIndex": token_index,
@@ -181,7 +197,9 @@ def mtk(groups: dict[str, list[str]], k: int | None = None, token_index: int | N
     }
 
 
-def ds(dst: str, layer: int | None, index: int, pass_type: str = "forward", num_top_tokens=None) -> dict:
+def ds(
+    dst: str, layer: int | None, index: int, pass_type: str = "forward", num_top_tokens=None
+) -> dict:
     return {
         "dst": dst,
         "layerIndex": layer,
@@ -196,8 +214,15 @@ def sub_request(spec: dict, processing: dict) -> dict:
     return {"inferenceRequestSpec": spec, "processingRequestSpecByName": processing}
 
 
-def tdb_spec(prompt: str, targets=(), distractors=(), k: int = 5, ablations=None,
-             upstream=None, downstream=None) -> dict:
+def tdb_spec(
+    prompt: str,
+    targets=(),
+    distractors=(),
+    k: int = 5,
+    ablations=None,
+    upstream=None,
+    downstream=None,
+) -> dict:
     return {
         "prompt": prompt,
         "targetTokens": list(targets),
@@ -213,7 +238,11 @@ def tdb_spec(prompt: str, targets=(), distractors=(), k: int = 5, ablations=None
 
 
 def node_to_trace(node_index: dict, trace_type: str | None = None) -> dict:
-    return {"nodeIndex": node_index, "attentionTraceType": trace_type, "downstreamTraceConfig": None}
+    return {
+        "nodeIndex": node_index,
+        "attentionTraceType": trace_type,
+        "downstreamTraceConfig": None,
+    }
 
 
 # --- reading responses --------------------------------------------------------------------------
@@ -265,11 +294,14 @@ def read_dsts(model, spec: dict, dsts: list[str]) -> tuple[dict[str, dict], dict
     processing = {dst: mtk({"activation": [dst]}) for dst in dsts}
     (answer,) = run_batched(model, [sub_request(spec, processing)])
     data = answer["processingResponseDataByName"]
-    return {dst: tensors_from_nodes(values_by_node(data[dst], "activation")) for dst in dsts}, token_data(answer)
+    return {
+        dst: tensors_from_nodes(values_by_node(data[dst], "activation")) for dst in dsts
+    }, token_data(answer)
 
 
-def read_columns(model, spec: dict, dst: str, layer: int | None, width: int,
-                 pass_type: str = "forward") -> torch.Tensor:
+def read_columns(
+    model, spec: dict, dst: str, layer: int | None, width: int, pass_type: str = "forward"
+) -> torch.Tensor:
     """[T, width]: every column of a 2-D DST (e.g. a backward residual) via derived-scalars specs
     in one batched sub-request."""
     processing = {f"c{i}": ds(dst, layer, i, pass_type) for i in range(width)}
@@ -281,23 +313,32 @@ def read_columns(model, spec: dict, dst: str, layer: int | None, width: int,
 # --- engine internals ---------------------------------------------------------------------------
 
 
-def hooked_forward(model, tokens: list[int], points: list[tuple[str, int | None]] | None = None,
-                   forward_hooks: dict | None = None):
+def hooked_forward(
+    model,
+    tokens: list[int],
+    points: list[tuple[str, int | None]] | None = None,
+    forward_hooks: dict | None = None,
+):
     """Run the engine's forward pass on one sequence; returns (logits [T, V], Hooks)."""
+    from worker.engine.families.gpt2 import forward
     from worker.engine.hooks import HOOK_POINTS, Hooks
-    from worker.engine.transformer import forward
 
     n = model.weights.n_layers
     if points is None:
-        points = [(name, layer) for name, (_, layered) in HOOK_POINTS.items()
-                  for layer in (range(n) if layered else [None])]
+        points = [
+            (name, layer)
+            for name, (_, layered) in HOOK_POINTS.items()
+            for layer in (range(n) if layered else [None])
+        ]
     hooks = Hooks(save_forward=set(points))
     for key, fns in (forward_hooks or {}).items():
         for fn in fns:
             hooks.add_forward(key, fn)
     tok = torch.tensor([tokens], dtype=torch.long)
     with torch.no_grad():
-        logits = forward(model.weights, tok, torch.zeros_like(tok, dtype=torch.bool), hooks, needs_grad=False)
+        logits = forward(
+            model.weights, tok, torch.zeros_like(tok, dtype=torch.bool), hooks, needs_grad=False
+        )
     return logits[0], hooks
 
 
@@ -341,8 +382,13 @@ class Reference:
             s = s.detach()
         return c / s * self.w(prefix + ".weight") + self.w(prefix + ".bias"), s
 
-    def forward(self, tokens: list[int], detach: frozenset = frozenset(), stop: dict | None = None,
-                grad: bool = True) -> dict:
+    def forward(
+        self,
+        tokens: list[int],
+        detach: frozenset = frozenset(),
+        stop: dict | None = None,
+        grad: bool = True,
+    ) -> dict:
         """acts[(name, layer)] with engine hook names; `detach` holds ("ln_1"|"ln_2", l) or
         ("ln_f", None) whose scale is constant; `stop[l]` names "q"/"k"/"v" to stop gradients at."""
         stop = stop or {}
@@ -371,18 +417,30 @@ class Reference:
             k = k.detach() if "k" in stop.get(layer, ()) else k
             v = v.detach() if "v" in stop.get(layer, ()) else v
             logits = torch.einsum("qhe,khe->qkh", q, k) / math.sqrt(e)
-            logits = keep("attn.qk_logits", layer, logits.masked_fill(~causal[..., None], float("-inf")))
+            logits = keep(
+                "attn.qk_logits", layer, logits.masked_fill(~causal[..., None], float("-inf"))
+            )
             probs = keep("attn.qk_probs", layer, torch.softmax(logits, dim=1))
             z = torch.einsum("qkh,khe->qhe", probs, v)
-            delta_a = keep("resid.delta_attn", layer,
-                           z.reshape(t, d) @ self.w(p + "attn.c_proj.weight") + self.w(p + "attn.c_proj.bias"))
+            delta_a = keep(
+                "resid.delta_attn",
+                layer,
+                z.reshape(t, d) @ self.w(p + "attn.c_proj.weight") + self.w(p + "attn.c_proj.bias"),
+            )
             x = keep("resid.post_attn", layer, x + delta_a)
             m, s2 = self._ln(x, p + "ln_2", ("ln_2", layer) in detach)
             keep("mlp_ln.scale", layer, s2)
-            pre = keep("mlp.pre_act", layer, m @ self.w(p + "mlp.c_fc.weight") + self.w(p + "mlp.c_fc.bias"))
+            pre = keep(
+                "mlp.pre_act",
+                layer,
+                m @ self.w(p + "mlp.c_fc.weight") + self.w(p + "mlp.c_fc.bias"),
+            )
             post = keep("mlp.post_act", layer, gelu_new(pre))
-            delta_m = keep("resid.delta_mlp", layer,
-                           post @ self.w(p + "mlp.c_proj.weight") + self.w(p + "mlp.c_proj.bias"))
+            delta_m = keep(
+                "resid.delta_mlp",
+                layer,
+                post @ self.w(p + "mlp.c_proj.weight") + self.w(p + "mlp.c_proj.bias"),
+            )
             x = keep("resid.post_mlp", layer, x + delta_m)
         final, sf = self._ln(x, "ln_f", ("ln_f", None) in detach)
         keep("resid.ln_f.scale", None, sf)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
-from models.runs import run_losses
-from models.store import claim_job, create_job, finish_job
-from models.wirejson import dumps
+from models.store.jobs import claim_job, create_job, finish_job
+from models.store.runs import run_losses
+from models.wire.encoding import dumps
 from tests.conftest import GOLDEN_DIR, GOLDEN_MODEL_NAME
 
 PAIR_CASE = GOLDEN_DIR / "cases" / "061-tdb-ui-pair-clean-and-ablated.json"
@@ -55,6 +55,6 @@ def store_finished(
 
 def run_queued(sessions, job_id: str, model) -> str:
     """Run a queued job in this process with the real worker logic and engine."""
-    from worker.tasks import execute_job
+    from worker.execution import execute_job
 
     return execute_job(sessions, job_id, model=lambda: model, heartbeat_seconds=60)

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from models.records import Job
+from models.store.tables import Job
 from tests.conftest import (
     ERROR_CASES,
     OK_CASES,
@@ -23,7 +23,7 @@ from tests.conftest import (
     queued_messages,
     strip_timing,
 )
-from worker.tasks import execute_job
+from worker.execution import execute_job
 
 TDB = next(c for c in OK_CASES if c["name"].startswith("061"))
 
@@ -126,7 +126,7 @@ def test_submit_with_wait_answers_202_when_the_job_is_not_done(client):
 
 
 def test_finished_job_result_is_the_stored_tdb_json(client, app_sessions, engine_model):
-    from models.wirejson import dumps
+    from models.wire.encoding import dumps
     from worker.engine import run
 
     job_id = client.post("/v1/batched_tdb?label=pair&tag=t", json=TDB["request"]).get_json()["id"]

@@ -11,11 +11,11 @@ import os
 import pytest
 import requests
 
-from models.keys import create_key
-from models.records import ApiKey, Job
+from models.store.keys import create_key
+from models.store.tables import ApiKey, Job
 from tests.conftest import OK_CASES, run_actq
 from tests.stack import Stack, free_port, healthy, wait_until
-from worker.tasks import execute_job
+from worker.execution import execute_job
 
 TDB = next(c for c in OK_CASES if c["name"].startswith("061"))
 DS = next(c for c in OK_CASES if c["endpoint"] == "derived_scalars")
@@ -205,7 +205,7 @@ def test_safe_bind_keeps_an_open_service_on_loopback(tmp_path, sqlite_url):
     assert safe_bind(settings.model_copy(update={"allow_open_bind": True}), "0.0.0.0")[0] == (
         "0.0.0.0"
     )
-    from models.db import make_engine, make_sessionmaker
+    from models.store.db import make_engine, make_sessionmaker
 
     engine = make_engine(sqlite_url)
     with make_sessionmaker(engine).begin() as session:

@@ -7,7 +7,7 @@ import os
 
 from sqlalchemy import inspect
 
-from models.db import make_engine
+from models.store.db import make_engine
 from tests.conftest import ERROR_CASES, OK_CASES, assert_same_response, run_actq, strip_timing
 
 
@@ -18,7 +18,7 @@ def _env(**extra) -> dict:
 
 
 def test_run_prints_the_engine_response(tmp_path, golden_model_dir, engine_model):
-    from models.wirejson import dumps
+    from models.wire.encoding import dumps
     from worker.engine import run
 
     case = next(c for c in OK_CASES if c["endpoint"] == "batched_tdb")

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from api.charts import fmt
-from api.cli_compare import format_summary
+from api.cli.compare import format_summary
 from api.client import Client
 from api.comparison import compare, run_side
 from tests.conftest import GOLDEN_MODEL_NAME, run_actq

@@ -82,8 +82,8 @@ def test_cli_reports_a_refused_request(embedded_stack, tmp_path):
 def test_actq_up_puts_pending_jobs_back_in_the_queue(tmp_path, golden_model_dir):
     """Jobs left queued without a message, or started by a worker that is gone, run at start."""
     import migrations
-    from models import store
-    from models.db import make_engine, make_sessionmaker
+    from models.store import jobs as store
+    from models.store.db import make_engine, make_sessionmaker
     from tests.conftest import GOLDEN_MODEL_NAME, _base_env
     from tests.stack import Stack, free_port, start_up
 

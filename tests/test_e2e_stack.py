@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from api.client import Client
-from models.wirejson import dumps
+from models.wire.encoding import dumps
 from tests.conftest import ERROR_CASES, OK_CASES, assert_same_response, strip_timing
 
 

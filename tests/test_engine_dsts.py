@@ -1,5 +1,5 @@
 """Every derived scalar the engine computes agrees with the shared table of derived scalars
-(models.indexing.DST_INFO, from protocol.md Appendix A): its layers, its shape, its node type and
+(models.wire.enums.DST_INFO, from protocol.md Appendix A): its layers, its shape, its node type and
 whether it has a backward variant. The API checks requests against that table, so the two must
 not drift apart."""
 
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from models import protocol as p
-from models.indexing import DST_INFO, DerivedScalarType
+from models.wire import protocol as p
+from models.wire.enums import DerivedScalarType
+from models.wire.shapes import DST_INFO
 from tests import engine_helpers as helpers
-from worker.engine.derived import DSTS, ElementView
+from worker.engine.derived import DSTS
 from worker.engine.inference import run_pass
 from worker.engine.planning import Paths, plan_sub_request
+from worker.engine.view import ElementView
 
 golden = helpers.golden  # module-scoped fixture
 

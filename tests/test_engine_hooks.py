@@ -19,10 +19,15 @@ from tests.engine_helpers import (
     saved,
     tiny_dir,
 )
+from worker.engine.families.gpt2 import forward
 from worker.engine.hooks import HOOK_POINTS, Hooks, check_point, overwrite
-from worker.engine.transformer import forward
 
-golden, golden_hf, golden_ref, tiny = helpers.golden, helpers.golden_hf, helpers.golden_ref, helpers.tiny
+golden, golden_hf, golden_ref, tiny = (
+    helpers.golden,
+    helpers.golden_hf,
+    helpers.golden_ref,
+    helpers.tiny,
+)
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
@@ -92,16 +97,32 @@ def plain(golden):
 def test_post_attn_residual_is_input_plus_attention_write(golden, plain):
     _, hooks = plain
     for layer in range(golden.weights.n_layers):
-        r_a = saved(hooks, "resid.post_emb", None) if layer == 0 else saved(hooks, "resid.post_mlp", layer - 1)
+        r_a = (
+            saved(hooks, "resid.post_emb", None)
+            if layer == 0
+            else saved(hooks, "resid.post_mlp", layer - 1)
+        )
         expected = r_a + saved(hooks, "resid.delta_attn", layer)
-        assert_close(saved(hooks, "resid.post_attn", layer), expected, rtol=1e-6, atol=1e-6, msg=f"layer {layer}")
+        assert_close(
+            saved(hooks, "resid.post_attn", layer),
+            expected,
+            rtol=1e-6,
+            atol=1e-6,
+            msg=f"layer {layer}",
+        )
 
 
 def test_post_mlp_residual_is_post_attn_plus_mlp_write(golden, plain):
     _, hooks = plain
     for layer in range(golden.weights.n_layers):
         expected = saved(hooks, "resid.post_attn", layer) + saved(hooks, "resid.delta_mlp", layer)
-        assert_close(saved(hooks, "resid.post_mlp", layer), expected, rtol=1e-6, atol=1e-6, msg=f"layer {layer}")
+        assert_close(
+            saved(hooks, "resid.post_mlp", layer),
+            expected,
+            rtol=1e-6,
+            atol=1e-6,
+            msg=f"layer {layer}",
+        )
 
 
 def test_logits_are_final_layer_norm_times_unembedding(golden, plain, golden_ref):
@@ -139,7 +160,9 @@ def test_attention_probabilities_are_causal_distributions(golden, plain):
         logits = saved(hooks, "attn.qk_logits", layer)
         t = probs.shape[0]
         above = ~torch.ones(t, t, dtype=torch.bool).tril()
-        assert_close(probs.sum(dim=1), torch.ones(t, probs.shape[2]), msg=f"row sums, layer {layer}")
+        assert_close(
+            probs.sum(dim=1), torch.ones(t, probs.shape[2]), msg=f"row sums, layer {layer}"
+        )
         assert bool((probs[above] == 0).all())
         assert bool((logits[above] == -math.inf).all())
         assert bool(torch.isfinite(logits[~above]).all())
@@ -150,8 +173,11 @@ def test_attention_probabilities_are_causal_distributions(golden, plain):
 
 
 def _all_points(n_layers: int) -> list[tuple[str, int | None]]:
-    return [(name, layer) for name, (_, layered) in HOOK_POINTS.items()
-            for layer in (range(n_layers) if layered else [None])]
+    return [
+        (name, layer)
+        for name, (_, layered) in HOOK_POINTS.items()
+        for layer in (range(n_layers) if layered else [None])
+    ]
 
 
 def test_identity_forward_hooks_everywhere_change_no_bit(golden, plain):
@@ -174,9 +200,13 @@ def test_doubling_post_act_changes_downstream_values_only(golden, plain):
     post = saved(hooks, "mlp.post_act", layer)
     assert torch.equal(saved(doubled, "mlp.post_act", layer), 2 * post)
     lw = golden.weights.layers[layer]
-    assert_close(saved(doubled, "resid.delta_mlp", layer), (2 * post) @ lw.w_out + lw.b_out, msg="ΔM")
+    assert_close(
+        saved(doubled, "resid.delta_mlp", layer), (2 * post) @ lw.w_out + lw.b_out, msg="ΔM"
+    )
     for later in range(layer, golden.weights.n_layers):
-        diff = (saved(doubled, "resid.post_mlp", later) - saved(hooks, "resid.post_mlp", later)).abs()
+        diff = (
+            saved(doubled, "resid.post_mlp", later) - saved(hooks, "resid.post_mlp", later)
+        ).abs()
         assert float(diff.max()) > 1e-3, f"resid.post_mlp {later} unchanged"
     assert float((doubled_logits - logits).abs().max()) > 1e-3
 
@@ -185,7 +215,9 @@ def test_forward_hooks_apply_in_registration_order(golden, plain):
     _, hooks = plain
     key = ("mlp.pre_act", 1)
     _, hooked = hooked_forward(
-        golden, encode(golden, PROMPT), points=[key],
+        golden,
+        encode(golden, PROMPT),
+        points=[key],
         forward_hooks={key: [lambda x: x + 1, lambda x: x * 2]},
     )
     assert_close(hooked.saved[key], (hooks.saved[key] + 1) * 2, rtol=1e-6, atol=1e-6)
@@ -199,7 +231,13 @@ def _last_logit_gradients(golden, backward_hooks: dict) -> Hooks:
         for fn in fns:
             hooks.add_backward(key, fn)
     with torch.enable_grad():
-        logits = forward(golden.weights, tokens, torch.zeros_like(tokens, dtype=torch.bool), hooks, needs_grad=True)
+        logits = forward(
+            golden.weights,
+            tokens,
+            torch.zeros_like(tokens, dtype=torch.bool),
+            hooks,
+            needs_grad=True,
+        )
         logits[0, -1, 13].backward()
     return hooks
 
@@ -208,7 +246,9 @@ def test_backward_ablation_hides_from_saved_gradient_but_not_upstream(golden):
     """engine.md §5.3: the saved ∇ at an ablated point is the pre-ablation gradient."""
     clean = _last_logit_gradients(golden, {})
     zero = (0, slice(None), slice(None))
-    ablated = _last_logit_gradients(golden, {("mlp.post_act", 1): [lambda g: overwrite(g, zero, 0.0)]})
+    ablated = _last_logit_gradients(
+        golden, {("mlp.post_act", 1): [lambda g: overwrite(g, zero, 0.0)]}
+    )
     key = ("mlp.post_act", 1)
     assert float(clean.grads[key].abs().max()) > 0
     assert torch.equal(ablated.grads[key], clean.grads[key])
@@ -218,7 +258,13 @@ def test_backward_ablation_hides_from_saved_gradient_but_not_upstream(golden):
 
 @pytest.mark.parametrize(
     ("name", "layer"),
-    [("mlp.nope", 0), ("resid.post_mlp_ln", 0), ("mlp.post_act", None), ("logits", 0), ("mlp.post_act", 3)],
+    [
+        ("mlp.nope", 0),
+        ("resid.post_mlp_ln", 0),
+        ("mlp.post_act", None),
+        ("logits", 0),
+        ("mlp.post_act", 3),
+    ],
 )
 def test_unknown_or_misaddressed_hook_points_are_rejected(name, layer):
     with pytest.raises(RequestValidationError):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.indexing import DerivedScalarType
+from models.wire.enums import DerivedScalarType
 from tests import engine_helpers as helpers
 from tests.engine_helpers import (
     LN_F_ABLATION,
@@ -37,16 +37,19 @@ from tests.engine_helpers import (
     values_by_node,
 )
 from worker.engine import run
-from worker.engine.derived import DSTS, ElementView, flatten_pairs
+from worker.engine.derived import DSTS, flatten_pairs
 from worker.engine.inference import ElementPlan, run_pass
 from worker.engine.topk import DstTensors, intermediate_sum, rank_group, select_dst
+from worker.engine.view import ElementView
 
 golden, golden_hf, golden_ref = helpers.golden, helpers.golden_hf, helpers.golden_ref
 
 PROMPT = "Paris is the capital of"
 TARGETS = [" France", " Paris"]
 DISTRACTORS = [" Germany"]
-EXCLUDED_FILE = Path(__file__).resolve().parents[1] / "models/data/least_common_gpt2_token_strings.json"
+EXCLUDED_FILE = (
+    Path(__file__).resolve().parents[1] / "models/data/least_common_gpt2_token_strings.json"
+)
 
 
 def _total(tensors: dict) -> float:
@@ -74,7 +77,9 @@ def test_top_output_logits_table_is_plain_top_and_bottom_k(golden, tdb_plain):
     ids = top.indices.tolist() + bottom.indices.flip(0).tolist()
     values = top.values.tolist() + bottom.values.flip(0).tolist()
     assert [n["tensorIndices"] for n in data["nodeIndices"]] == [[-1, i] for i in ids]
-    assert all(n["nodeType"] == "vocab_token" and n["layerIndex"] is None for n in data["nodeIndices"])
+    assert all(
+        n["nodeType"] == "vocab_token" and n["layerIndex"] is None for n in data["nodeIndices"]
+    )
     assert data["activationsByGroupId"]["logits"] == values
     assert data["vocabTokenStringsForIndices"] == [golden.tokenizer.decode_token(i) for i in ids]
 
@@ -135,13 +140,18 @@ def _odd_even_store(layers=(5, 6)) -> DstTensors:
     odd = torch.arange(1, 48, 2, dtype=torch.float32).reshape(2, 3, 4)
     even = torch.arange(2, 49, 2, dtype=torch.float32).reshape(2, 3, 4)
     by_layer = {5: odd, 6: even}
-    return DstTensors("attn_qk_probs", "attention_head", {layer: by_layer[layer] for layer in layers})
+    return DstTensors(
+        "attn_qk_probs", "attention_head", {layer: by_layer[layer] for layer in layers}
+    )
 
 
 def test_store_ranking_across_layers():
     top = select_dst(_odd_even_store(), 2, True, None)
     assert top.values == [48, 47]
-    assert top.nodes == [("attention_head", (1, 2, 3), 6, "forward"), ("attention_head", (1, 2, 3), 5, "forward")]
+    assert top.nodes == [
+        ("attention_head", (1, 2, 3), 6, "forward"),
+        ("attention_head", (1, 2, 3), 5, "forward"),
+    ]
     assert select_dst(_odd_even_store((5,)), 2, True, None).values == [47, 45]
     assert select_dst(_odd_even_store((6,)), 2, True, None).values == [48, 46]
     store = _odd_even_store()
@@ -152,7 +162,8 @@ def test_store_ranking_across_layers():
 def test_store_sums_are_additive_over_disjoint_layers():
     both = float(intermediate_sum(_odd_even_store(), [], False))
     parts = float(intermediate_sum(_odd_even_store((5,)), [], False)) + float(
-        intermediate_sum(_odd_even_store((6,)), [], False))
+        intermediate_sum(_odd_even_store((6,)), [], False)
+    )
     assert both == parts == 576 + 600
 
 
@@ -173,9 +184,19 @@ def test_top_and_bottom_k_null_lists_every_element(golden):
     nodes = [node_key(n) for n in answer["processingResponseDataByName"]["all"]["nodeIndices"]]
     t, w = len(encode(golden, PROMPT)), golden.weights
     f, h = w.layers[0].w_in.shape[1], w.n_heads
-    expected = {("mlp_neuron", (i, j), layer) for layer in range(w.n_layers) for i in range(t) for j in range(f)}
-    expected |= {("attention_head", (q, k, hh), layer) for layer in range(w.n_layers)
-                 for q in range(t) for k in range(t) for hh in range(h)}
+    expected = {
+        ("mlp_neuron", (i, j), layer)
+        for layer in range(w.n_layers)
+        for i in range(t)
+        for j in range(f)
+    }
+    expected |= {
+        ("attention_head", (q, k, hh), layer)
+        for layer in range(w.n_layers)
+        for q in range(t)
+        for k in range(t)
+        for hh in range(h)
+    }
     assert len(nodes) == len(expected)
     assert set(nodes) == expected
 
@@ -218,8 +239,11 @@ OTHER_DSTS = [
 
 
 def _loss_spec(ln_f_ablation: bool = True) -> dict:
-    return inference_spec(PROMPT, loss=logit_diff(TARGETS, DISTRACTORS),
-                          ablations=[LN_F_ABLATION] if ln_f_ablation else None)
+    return inference_spec(
+        PROMPT,
+        loss=logit_diff(TARGETS, DISTRACTORS),
+        ablations=[LN_F_ABLATION] if ln_f_ablation else None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +256,7 @@ def loss_case(golden, golden_ref):
     c = torch.zeros(golden.meta.vocab_size, dtype=torch.float64)
     for i in ids[: len(TARGETS)]:
         c[i] += 1 / len(TARGETS)
-    for i in ids[len(TARGETS):]:
+    for i in ids[len(TARGETS) :]:
         c[i] -= 1 / len(DISTRACTORS)
     w_u = golden_ref.W_U.double()
     return {
@@ -252,7 +276,9 @@ def test_loss_is_mean_target_logit_minus_mean_distractor_logit(golden, loss_case
     (answer,) = run_batched(golden, [sub_request(_loss_spec(), processing)])
     data = answer["processingResponseDataByName"]
     last = [data[f"logit{i}"]["activations"][-1] for i in loss_case["ids"]]
-    expected = sum(last[: len(TARGETS)]) / len(TARGETS) - sum(last[len(TARGETS):]) / len(DISTRACTORS)
+    expected = sum(last[: len(TARGETS)]) / len(TARGETS) - sum(last[len(TARGETS) :]) / len(
+        DISTRACTORS
+    )
     assert token_data(answer)["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert loss_case["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
@@ -268,13 +294,18 @@ def test_final_residual_grad_dsts_are_zero_before_the_last_token(loss_case, dst)
 
 
 def test_final_residual_grad_dsts_are_not_all_zero_at_the_last_token(loss_case):
-    for dst in ["resid_post_embedding_proj_to_final_residual_grad", "mlp_write_to_final_residual_grad",
-                "unflattened_attn_write_to_final_residual_grad"]:
+    for dst in [
+        "resid_post_embedding_proj_to_final_residual_grad",
+        "mlp_write_to_final_residual_grad",
+        "unflattened_attn_write_to_final_residual_grad",
+    ]:
         assert any(float(x[-1].abs().max()) > 1e-4 for x in loss_case["dsts"][dst].values()), dst
 
 
 def _biases(ref, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return ref.w(f"h.{layer}.attn.c_proj.bias").double(), ref.w(f"h.{layer}.mlp.c_proj.bias").double()
+    return ref.w(f"h.{layer}.attn.c_proj.bias").double(), ref.w(
+        f"h.{layer}.mlp.c_proj.bias"
+    ).double()
 
 
 def test_direct_effects_and_biases_sum_to_the_loss_minus_the_final_bias_term(loss_case, golden_ref):
@@ -285,7 +316,10 @@ def test_direct_effects_and_biases_sum_to_the_loss_minus_the_final_bias_term(los
         _total(dsts["resid_post_embedding_proj_to_final_residual_grad"])
         + _total(dsts["unflattened_attn_write_to_final_residual_grad"])
         + _total(dsts["mlp_write_to_final_residual_grad"])
-        + sum(float(g @ (b_o + b_out)) for b_o, b_out in (_biases(golden_ref, layer) for layer in range(n)))
+        + sum(
+            float(g @ (b_o + b_out))
+            for b_o, b_out in (_biases(golden_ref, layer) for layer in range(n))
+        )
     )
     assert total == pytest.approx(loss_case["rhs"], rel=1e-4, abs=1e-5)
 
@@ -296,9 +330,19 @@ def test_per_layer_writes_plus_bias_are_the_layer_write(loss_case, golden_ref):
     for layer in range(golden_ref.n_layers):
         b_o, b_out = _biases(golden_ref, layer)
         mlp = dsts["mlp_write_to_final_residual_grad"][layer].sum(dim=1) + g @ b_out
-        assert_close(mlp, dsts["mlp_layer_write_to_final_residual_grad"][layer][:, 0], msg=f"MLP layer {layer}")
-        attn = dsts["unflattened_attn_write_to_final_residual_grad"][layer].sum(dim=(1, 2)) + g @ b_o
-        assert_close(attn, dsts["attn_layer_write_to_final_residual_grad"][layer][:, 0], msg=f"attn layer {layer}")
+        assert_close(
+            mlp,
+            dsts["mlp_layer_write_to_final_residual_grad"][layer][:, 0],
+            msg=f"MLP layer {layer}",
+        )
+        attn = (
+            dsts["unflattened_attn_write_to_final_residual_grad"][layer].sum(dim=(1, 2)) + g @ b_o
+        )
+        assert_close(
+            attn,
+            dsts["attn_layer_write_to_final_residual_grad"][layer][:, 0],
+            msg=f"attn layer {layer}",
+        )
 
 
 def test_per_sequence_token_attention_dsts_sum_the_unflattened_ones(loss_case):
@@ -333,8 +377,11 @@ def forward_view(golden):
     from worker.engine.hooks import HOOK_POINTS
 
     n = golden.weights.n_layers
-    points = {(name, layer) for name, (_, layered) in HOOK_POINTS.items()
-              for layer in (range(n) if layered else [None])}
+    points = {
+        (name, layer)
+        for name, (_, layered) in HOOK_POINTS.items()
+        for layer in (range(n) if layered else [None])
+    }
     tokens = encode(golden, PROMPT)
     result = run_pass(golden.weights, [ElementPlan(tokens)], points, set(), False, golden.device)
     return ElementView(golden.weights, result.hooks, 0, len(tokens), None)
@@ -343,24 +390,37 @@ def forward_view(golden):
 def test_mlp_write_norm_is_signed_norm_of_mlp_write(loss_case, forward_view, golden):
     for layer in range(golden.weights.n_layers):
         write = DSTS["mlp_write"].forward(forward_view, layer)  # [T, F, d]
-        assert_close(loss_case["dsts"]["mlp_write_norm"][layer].abs(), write.norm(dim=-1), msg=f"layer {layer}")
+        assert_close(
+            loss_case["dsts"]["mlp_write_norm"][layer].abs(),
+            write.norm(dim=-1),
+            msg=f"layer {layer}",
+        )
 
 
 def test_attention_write_norm_and_head_sum_match_attn_write(loss_case, forward_view, golden):
     for layer in range(golden.weights.n_layers):
         write = DSTS["attn_write"].forward(forward_view, layer)  # [q, k, h, d]
-        assert_close(loss_case["dsts"]["unflattened_attn_write_norm"][layer], write.norm(dim=-1),
-                     msg=f"norm, layer {layer}")
-        assert_close(DSTS["attn_write_sum_heads"].forward(forward_view, layer), write.sum(dim=2),
-                     msg=f"sum over heads, layer {layer}")
+        assert_close(
+            loss_case["dsts"]["unflattened_attn_write_norm"][layer],
+            write.norm(dim=-1),
+            msg=f"norm, layer {layer}",
+        )
+        assert_close(
+            DSTS["attn_write_sum_heads"].forward(forward_view, layer),
+            write.sum(dim=2),
+            msg=f"sum over heads, layer {layer}",
+        )
 
 
 def test_mlp_delta_from_post_act_plus_bias_is_mlp_delta(loss_case, golden_ref):
     dsts = loss_case["dsts"]
     for layer in range(golden_ref.n_layers):
         _, b_out = _biases(golden_ref, layer)
-        assert_close(dsts["resid_delta_mlp_from_mlp_post_act"][layer] + b_out, dsts["resid_delta_mlp"][layer],
-                     msg=f"layer {layer}")
+        assert_close(
+            dsts["resid_delta_mlp_from_mlp_post_act"][layer] + b_out,
+            dsts["resid_delta_mlp"][layer],
+            msg=f"layer {layer}",
+        )
 
 
 def test_always_one_and_embedding_norm(loss_case, golden, golden_ref):
@@ -373,8 +433,12 @@ def test_always_one_and_embedding_norm(loss_case, golden, golden_ref):
 
 @pytest.mark.parametrize(
     "dst",
-    ["unflattened_attn_write_norm", "unflattened_attn_act_times_grad",
-     "unflattened_attn_write_to_final_residual_grad", "attn_qk_probs"],
+    [
+        "unflattened_attn_write_norm",
+        "unflattened_attn_act_times_grad",
+        "unflattened_attn_write_to_final_residual_grad",
+        "attn_qk_probs",
+    ],
 )
 def test_unflattened_attention_dsts_are_zero_above_the_diagonal(loss_case, dst):
     t = loss_case["T"]
@@ -398,8 +462,10 @@ def test_ln_f_ablation_makes_gradient_centred_and_linear(loss_case):
     g, xf = loss_case["g"][-1], loss_case["xf"][-1]
     assert float(g.sum()) == pytest.approx(0, abs=1e-5 * float(g.abs().sum()))
     assert float(g @ xf) == pytest.approx(loss_case["rhs"], rel=1e-4, abs=1e-5)
-    layer_level = (loss_case["dsts"]["resid_post_attn_proj_to_final_residual_grad"][2][-1, 0]
-                   + loss_case["dsts"]["mlp_layer_write_to_final_residual_grad"][2][-1, 0])
+    layer_level = (
+        loss_case["dsts"]["resid_post_attn_proj_to_final_residual_grad"][2][-1, 0]
+        + loss_case["dsts"]["mlp_layer_write_to_final_residual_grad"][2][-1, 0]
+    )
     assert float(layer_level) == pytest.approx(loss_case["rhs"], rel=1e-4, abs=1e-5)
 
 
@@ -420,7 +486,11 @@ def excluded_strings(golden) -> set[str]:
     """The excluded token strings that no other token decodes to (so seeing one means an
     excluded id was listed; e.g. "�" is excluded but also the text of many partial-UTF-8 ids)."""
     excluded_ids = set(golden.excluded_ids)
-    others = {golden.tokenizer.decode_token(i) for i in range(golden.meta.vocab_size) if i not in excluded_ids}
+    others = {
+        golden.tokenizer.decode_token(i)
+        for i in range(golden.meta.vocab_size)
+        if i not in excluded_ids
+    }
     strings = set(json.loads(EXCLUDED_FILE.read_text()))
     assert len(strings) == 596
     return strings - others
@@ -455,7 +525,7 @@ def _write_vector(ref, acts, key) -> torch.Tensor:
         d = ref.w("wte.weight").shape[1]
         e = d // ref.n_heads
         v = acts[("v", layer)][k, h]
-        w_o = ref.w(f"h.{layer}.attn.c_proj.weight")[h * e:(h + 1) * e]
+        w_o = ref.w(f"h.{layer}.attn.c_proj.weight")[h * e : (h + 1) * e]
         return acts[("attn.qk_probs", layer)][q, k, h] * (v @ w_o)
     return acts[("resid.post_emb", None)][idx[0]]
 
@@ -468,23 +538,35 @@ def test_token_write_scores_are_centred_logit_lens_of_the_write(golden, golden_r
     tokens = encode(golden, "This is a test")
     with torch.no_grad():
         acts = golden_ref.forward(tokens, grad=False)
-        for layer in range(golden_ref.n_layers):  # value vectors, recomputed from the normalised input
+        for layer in range(
+            golden_ref.n_layers
+        ):  # value vectors, recomputed from the normalised input
             p = f"h.{layer}."
-            x = acts[("resid.post_emb", None)] if layer == 0 else acts[("resid.post_mlp", layer - 1)]
+            x = (
+                acts[("resid.post_emb", None)]
+                if layer == 0
+                else acts[("resid.post_mlp", layer - 1)]
+            )
             a, _ = golden_ref._ln(x, p + "ln_1", False)
             d = x.shape[-1]
             qkv = a @ golden_ref.w(p + "attn.c_attn.weight") + golden_ref.w(p + "attn.c_attn.bias")
-            acts[("v", layer)] = qkv[:, 2 * d:].reshape(len(tokens), golden_ref.n_heads, -1)
+            acts[("v", layer)] = qkv[:, 2 * d :].reshape(len(tokens), golden_ref.n_heads, -1)
     excluded = torch.tensor(golden.excluded_ids)
     checked = 0
     for n, tt in zip(data["nodeIndices"], data["topTokensList"], strict=True):
-        u = (_write_vector(golden_ref, acts, node_key(n)) * golden_ref.w("ln_f.weight")) @ golden_ref.W_U
+        u = (
+            _write_vector(golden_ref, acts, node_key(n)) * golden_ref.w("ln_f.weight")
+        ) @ golden_ref.W_U
         s = (u - u.mean()).double()
         if float(s.abs().max()) < 1e-3:
             continue
         ranked = s.index_fill(0, excluded, -math.inf).topk(len(tt["top"]))
-        assert [e["token"] for e in tt["top"]] == [golden.tokenizer.decode_token(int(i)) for i in ranked.indices]
-        assert_close([e["scalar"] for e in tt["top"]], ranked.values, rtol=1e-4, atol=1e-4, msg=str(n))
+        assert [e["token"] for e in tt["top"]] == [
+            golden.tokenizer.decode_token(int(i)) for i in ranked.indices
+        ]
+        assert_close(
+            [e["scalar"] for e in tt["top"]], ranked.values, rtol=1e-4, atol=1e-4, msg=str(n)
+        )
         checked += 1
     assert checked > 0
 
@@ -493,19 +575,35 @@ def test_token_read_ranking_is_the_same_at_two_tokens(golden):
     """engine.md §10.30. Two tokens of one neuron are forced into the node list by ablating its
     post-activation to large values (a forward ablation does not change its own read residual)."""
     layer, neuron, prompt = 1, 7, "The cat sat on the mat"
-    ablations = [ablation("mlp.post_act", [1, neuron], layer, 1000.0),
-                 ablation("mlp.post_act", [3, neuron], layer, 999.0)]
+    ablations = [
+        ablation("mlp.post_act", [1, neuron], layer, 1000.0),
+        ablation("mlp.post_act", [3, neuron], layer, 999.0),
+    ]
     processing = {
         "nodes": mtk({"activation": ["mlp_post_act"]}, k=2),
-        "read": {"tokenScoringType": "input_tokens_that_upvote_mlp", "numTokens": 10, "dependsOnSpecName": "nodes"},
+        "read": {
+            "tokenScoringType": "input_tokens_that_upvote_mlp",
+            "numTokens": 10,
+            "dependsOnSpecName": "nodes",
+        },
     }
-    (answer,) = run_batched(golden, [sub_request(inference_spec(prompt, ablations=ablations), processing)])
+    (answer,) = run_batched(
+        golden, [sub_request(inference_spec(prompt, ablations=ablations), processing)]
+    )
     data = answer["processingResponseDataByName"]["read"]
-    by_node = {node_key(n): tt for n, tt in zip(data["nodeIndices"], data["topTokensList"], strict=True)}
-    first, second = by_node[("mlp_neuron", (1, neuron), layer)], by_node[("mlp_neuron", (3, neuron), layer)]
+    by_node = {
+        node_key(n): tt for n, tt in zip(data["nodeIndices"], data["topTokensList"], strict=True)
+    }
+    first, second = (
+        by_node[("mlp_neuron", (1, neuron), layer)],
+        by_node[("mlp_neuron", (3, neuron), layer)],
+    )
     for side in ("top", "bottom"):
         assert [e["token"] for e in first[side]] == [e["token"] for e in second[side]]
-        assert_close([e["normalizedScalar"] for e in first[side]], [e["normalizedScalar"] for e in second[side]])
+        assert_close(
+            [e["normalizedScalar"] for e in first[side]],
+            [e["normalizedScalar"] for e in second[side]],
+        )
     _, hooks = hooked_forward(golden, encode(golden, prompt))
     s2 = saved(hooks, "mlp_ln.scale", layer)[:, 0]
     ratio = [a["scalar"] / b["scalar"] for a, b in zip(first["top"], second["top"], strict=True)]

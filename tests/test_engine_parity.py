@@ -14,9 +14,13 @@ import sys
 import pytest
 
 from api.cli import main
+from tests.conftest import needs_autoencoders
 from tests.shared_dir import CASES, GOLDEN, ORACLE_MODEL
 
-CASE_FILES = sorted(CASES.glob("*.json"))
+# The cases without autoencoders (001-076); the AE cases are answered with their AEs loaded.
+CASE_FILES = [
+    f for f in sorted(CASES.glob("*.json")) if not needs_autoencoders(json.loads(f.read_text()))
+]
 
 
 def _load_compare():

@@ -56,7 +56,11 @@ def plain(golden, tokens):
 def _preceding_residual(hooks, node_type: str, layer: int) -> torch.Tensor:
     if node_type == "mlp_neuron":
         return saved(hooks, "resid.post_attn", layer)
-    return saved(hooks, "resid.post_emb", None) if layer == 0 else saved(hooks, "resid.post_mlp", layer - 1)
+    return (
+        saved(hooks, "resid.post_emb", None)
+        if layer == 0
+        else saved(hooks, "resid.post_mlp", layer - 1)
+    )
 
 
 # --- §10.2 reconstitution -----------------------------------------------------------------------
@@ -73,7 +77,11 @@ def test_reconstituted_mlp_node_equals_hooked_value(golden, plain, post, detach)
         for t in range(resid.shape[0]):
             for i in range(0, hooked.shape[1], 16):
                 traced = TracedNode("mlp_neuron", layer, (t, i), post, detach, None)
-                assert torch.allclose(node_scalar(golden.weights, traced, resid), hooked[t, i]), (layer, t, i)
+                assert torch.allclose(node_scalar(golden.weights, traced, resid), hooked[t, i]), (
+                    layer,
+                    t,
+                    i,
+                )
 
 
 @pytest.mark.parametrize("trace_type", ["QK", "Q", "K"])
@@ -91,15 +99,21 @@ def test_reconstituted_attention_node_equals_hooked_value(golden, plain, post, d
         for q in range(t):
             for k in range(q + 1):
                 for h in range(heads):
-                    traced = TracedNode("attention_head", layer, (q, k, h), post, detach, trace_type)
+                    traced = TracedNode(
+                        "attention_head", layer, (q, k, h), post, detach, trace_type
+                    )
                     value = node_scalar(golden.weights, traced, resid)
-                    assert_close(value, hooked[q, k, h], rtol=1e-5, atol=1e-5, msg=str((layer, q, k, h)))
+                    assert_close(
+                        value, hooked[q, k, h], rtol=1e-5, atol=1e-5, msg=str((layer, q, k, h))
+                    )
 
 
 # --- manual gradients ---------------------------------------------------------------------------
 
 
-def _manual_trace(ref, tokens, key, post: bool, detach: bool, trace_type: str | None = None) -> dict:
+def _manual_trace(
+    ref, tokens, key, post: bool, detach: bool, trace_type: str | None = None
+) -> dict:
     """Reference forward + backward from one node's own hooked value, with the node's layer-norm
     scale detached if asked and, for Q/K traces, the other side (and V) stopped."""
     kind, idx, layer = key
@@ -108,8 +122,11 @@ def _manual_trace(ref, tokens, key, post: bool, detach: bool, trace_type: str | 
         point = "mlp.post_act" if post else "mlp.pre_act"
     else:
         stop = {"K": {"q", "v"}, "Q": {"k", "v"}, "QK": {"v"}}[trace_type]
-        acts = ref.forward(tokens, detach=frozenset({("ln_1", layer)}) if detach else frozenset(),
-                           stop={layer: stop})
+        acts = ref.forward(
+            tokens,
+            detach=frozenset({("ln_1", layer)}) if detach else frozenset(),
+            stop={layer: stop},
+        )
         point = "attn.qk_probs" if post else "attn.qk_logits"
     scalar = acts[(point, layer)][idx]
     scalar.backward()
@@ -134,13 +151,18 @@ def _manual_full(acts, dst: str, n_layers: int) -> dict:
         x0 = acts[("resid.post_emb", None)]
         return {None: (x0.detach() * grad_or_zero(x0)).sum(-1, keepdim=True)}
     point = "mlp.post_act" if dst == "mlp_act_times_grad" else "attn.qk_probs"
-    return {layer: (acts[(point, layer)] * grad_or_zero(acts[(point, layer)])).detach()
-            for layer in range(n_layers)}
+    return {
+        layer: (acts[(point, layer)] * grad_or_zero(acts[(point, layer)])).detach()
+        for layer in range(n_layers)
+    }
 
 
 def _tdb_trace(model, upstream: dict, downstream=None, targets=(), distractors=()) -> dict:
-    request = {"subRequests": [tdb_spec(PROMPT, targets, distractors, k=10, upstream=upstream,
-                                        downstream=downstream)]}
+    request = {
+        "subRequests": [
+            tdb_spec(PROMPT, targets, distractors, k=10, upstream=upstream, downstream=downstream)
+        ]
+    }
     (answer,) = run("batched_tdb", request, model)["inferenceSubResponses"]
     return answer
 
@@ -149,11 +171,15 @@ def _tdb_trace(model, upstream: dict, downstream=None, targets=(), distractors=(
 
 
 @pytest.mark.parametrize(("key", "trace_type"), [(MLP_NODE, None), (K_NODE, "K")])
-def test_tdb_trace_act_times_grad_matches_manual_gradient(golden, golden_ref, tokens, key, trace_type):
+def test_tdb_trace_act_times_grad_matches_manual_gradient(
+    golden, golden_ref, tokens, key, trace_type
+):
     kind, idx, layer = key
     answer = _tdb_trace(golden, node_to_trace(node(kind, list(idx), layer), trace_type))
     acts = _manual_trace(golden_ref, tokens, key, post=False, detach=True, trace_type=trace_type)
-    values = values_by_node(answer["processingResponseDataByName"]["topKComponents"], "act_times_grad")
+    values = values_by_node(
+        answer["processingResponseDataByName"]["topKComponents"], "act_times_grad"
+    )
     expected = [_act_times_grad(acts, k) for k in values]
     assert_close(list(values.values()), expected, msg=f"trace from {key}")
     assert any(abs(v) > 1e-3 for v in expected)
@@ -161,7 +187,9 @@ def test_tdb_trace_act_times_grad_matches_manual_gradient(golden, golden_ref, to
 
 
 @pytest.mark.parametrize(("key", "trace_type"), [(MLP_NODE, None), (K_NODE, "K")])
-def test_trace_act_times_grad_tensors_match_manual_gradient(golden, golden_ref, tokens, key, trace_type):
+def test_trace_act_times_grad_tensors_match_manual_gradient(
+    golden, golden_ref, tokens, key, trace_type
+):
     kind, idx, layer = key
     config = trace(node(kind, list(idx), layer), post=False, detach=True, trace_type=trace_type)
     dsts, _ = read_dsts(golden, inference_spec(PROMPT, trace_config=config), ACT_TIMES_GRAD)
@@ -179,12 +207,18 @@ def test_tdb_trace_value_is_the_hooked_pre_activation(golden, plain, key, trace_
     _, hooks = plain
     point = "mlp.pre_act" if kind == "mlp_neuron" else "attn.qk_logits"
     expected = float(saved(hooks, point, layer)[idx])
-    assert token_data(answer)["activationValueForBackwardPass"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert token_data(answer)["activationValueForBackwardPass"] == pytest.approx(
+        expected, rel=1e-4, abs=1e-5
+    )
 
 
 @pytest.mark.parametrize(
     ("key", "trace_type", "point"),
-    [(MLP_NODE, None, "mlp.post_act"), (K_NODE, "QK", "attn.qk_probs"), (K_NODE, "Q", "attn.qk_probs")],
+    [
+        (MLP_NODE, None, "mlp.post_act"),
+        (K_NODE, "QK", "attn.qk_probs"),
+        (K_NODE, "Q", "attn.qk_probs"),
+    ],
 )
 def test_post_trace_value_is_the_hooked_post_activation(golden, plain, key, trace_type, point):
     kind, idx, layer = key
@@ -219,13 +253,23 @@ def test_value_trace_equals_untraced_direct_effect_of_the_head(golden, tokens, p
 @pytest.mark.parametrize("detach", [False, True])
 @pytest.mark.parametrize(
     ("node_index", "trace_type"),
-    [(node("mlp_neuron", [4, 17], 2), None), (node("attention_head", [5, 2, 1], 2), "QK"),
-     (node("attention_head", [1, 1, 0], 1), "QK")],
+    [
+        (node("mlp_neuron", [4, 17], 2), None),
+        (node("attention_head", [5, 2, 1], 2), "QK"),
+        (node("attention_head", [1, 1, 0], 1), "QK"),
+    ],
 )
-def test_final_activation_residual_grad_equals_final_residual_grad(golden, node_index, trace_type, detach):
+def test_final_activation_residual_grad_equals_final_residual_grad(
+    golden, node_index, trace_type, detach
+):
     config = trace(node_index, post=True, detach=detach, trace_type=trace_type)
-    pairs = [(d, d.replace("final_residual_grad", "final_activation_residual_grad")) for d in DIRECTION_WRITE]
-    dsts, _ = read_dsts(golden, inference_spec(PROMPT, trace_config=config), [x for p in pairs for x in p])
+    pairs = [
+        (d, d.replace("final_residual_grad", "final_activation_residual_grad"))
+        for d in DIRECTION_WRITE
+    ]
+    dsts, _ = read_dsts(
+        golden, inference_spec(PROMPT, trace_config=config), [x for p in pairs for x in p]
+    )
     for real, recomputed in pairs:
         for layer, tensor in dsts[real].items():
             assert_close(dsts[recomputed][layer], tensor, msg=f"{recomputed} layer {layer}")
@@ -237,14 +281,20 @@ def test_final_activation_residual_grad_equals_final_residual_grad(golden, node_
 
 def _layer0_trace(golden, node_index: dict, trace_type: str | None) -> dict:
     config = trace(node_index, post=True, detach=False, trace_type=trace_type)
-    dsts, _ = read_dsts(golden, inference_spec(PROMPT, trace_config=config), ACT_TIMES_GRAD + DIRECTION_WRITE)
+    dsts, _ = read_dsts(
+        golden, inference_spec(PROMPT, trace_config=config), ACT_TIMES_GRAD + DIRECTION_WRITE
+    )
     return dsts
 
 
 def test_attention_trace_at_layer_zero_reaches_only_the_embeddings(golden):
     dsts = _layer0_trace(golden, node("attention_head", [3, 1, 2], 0), "QK")
-    for dst in ["mlp_act_times_grad", "unflattened_attn_act_times_grad", "mlp_write_to_final_residual_grad",
-                "unflattened_attn_write_to_final_residual_grad"]:
+    for dst in [
+        "mlp_act_times_grad",
+        "unflattened_attn_act_times_grad",
+        "mlp_write_to_final_residual_grad",
+        "unflattened_attn_write_to_final_residual_grad",
+    ]:
         for layer, tensor in dsts[dst].items():
             assert bool((tensor == 0).all()), f"{dst} layer {layer}"
     for dst in ["token_attribution", "resid_post_embedding_proj_to_final_residual_grad"]:
@@ -253,7 +303,10 @@ def test_attention_trace_at_layer_zero_reaches_only_the_embeddings(golden):
 
 def test_attention_trace_at_layer_zero_token_attribution_is_embedding_projection(golden):
     dsts = _layer0_trace(golden, node("attention_head", [3, 1, 2], 0), "QK")
-    assert_close(dsts["token_attribution"][None], dsts["resid_post_embedding_proj_to_final_residual_grad"][None])
+    assert_close(
+        dsts["token_attribution"][None],
+        dsts["resid_post_embedding_proj_to_final_residual_grad"][None],
+    )
 
 
 def test_mlp_trace_at_layer_zero_reaches_layer_zero_attention(golden):
@@ -264,8 +317,12 @@ def test_mlp_trace_at_layer_zero_reaches_layer_zero_attention(golden):
 
 # --- §10.25: nothing downstream of the traced node gets a gradient -------------------------------
 
-GRADIENT_DSTS = ["mlp_act_times_grad", "mlp_write_to_final_residual_grad",
-                 "unflattened_attn_act_times_grad", "unflattened_attn_write_to_final_residual_grad"]
+GRADIENT_DSTS = [
+    "mlp_act_times_grad",
+    "mlp_write_to_final_residual_grad",
+    "unflattened_attn_act_times_grad",
+    "unflattened_attn_write_to_final_residual_grad",
+]
 
 
 @pytest.mark.parametrize(
@@ -291,13 +348,17 @@ def test_gradient_dsts_vanish_from_the_traced_layer_on(golden, node_index, trace
 
 def test_zero_loss_with_unit_backward_ablation_equals_post_trace(golden):
     t, i, layer = 4, 17, 2
-    ablated = inference_spec(PROMPT, loss={"name": "zero", "targetTokens": None, "distractorTokens": None},
-                             ablations=[ablation("mlp.post_act", [t, i], layer, 1.0, backward=True)])
-    traced = inference_spec(PROMPT, trace_config=trace(node("mlp_neuron", [t, i], layer), post=True, detach=False))
+    ablated = inference_spec(
+        PROMPT,
+        loss={"name": "zero", "targetTokens": None, "distractorTokens": None},
+        ablations=[ablation("mlp.post_act", [t, i], layer, 1.0, backward=True)],
+    )
+    traced = inference_spec(
+        PROMPT, trace_config=trace(node("mlp_neuron", [t, i], layer), post=True, detach=False)
+    )
     by_ablation, _ = read_dsts(golden, ablated, ACT_TIMES_GRAD)
     by_trace, _ = read_dsts(golden, traced, ACT_TIMES_GRAD)
     for dst in ACT_TIMES_GRAD:
         for lay, tensor in by_trace[dst].items():
             assert_close(by_ablation[dst][lay], tensor, msg=f"{dst} layer {lay}")
     assert float(by_trace["mlp_act_times_grad"][0].abs().max()) > 1e-3
-

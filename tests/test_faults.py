@@ -23,7 +23,7 @@ import requests
 from sqlalchemy import text
 
 from api.client import Client
-from models.db import make_engine
+from models.store.db import make_engine
 from tests.conftest import OK_CASES, REPO, _base_env, run_actq
 from tests.stack import Process, Stack, free_port, healthy, wait_until
 

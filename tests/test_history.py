@@ -1,4 +1,4 @@
-"""``models.history`` and ``models.run_keys``: filters, paging, baselines, and 100,000 runs.
+"""``models.store.history`` and ``models.store.run_keys``: filters, paging, baselines, and 100,000 runs.
 
 The scale test inserts 100,000 runs with one executemany per table and checks, on SQLite and on
 PostgreSQL, that every history query is answered from an index (no full scan of ``runs`` or
@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from models.errors import RequestValidationError
-from models.history import RunFilter, find_baseline, list_runs, parse_address, runs_query
-from models.records import Job, Run, RunAblation, RunTag
-from models.run_keys import ablation_keys, node_key, parse_key
-from models.runs import canonical_ablations, prompt_hash
+from models.store.history import RunFilter, find_baseline, list_runs, parse_address, runs_query
+from models.store.run_keys import ablation_keys, node_key, parse_key
+from models.store.runs import canonical_ablations, prompt_hash
+from models.store.tables import Job, Run, RunAblation, RunTag
 
 N_JOBS = 50_000  # two runs each: 100,000 runs
 PROMPTS = [f"prompt number {i}" for i in range(100)]

@@ -1,10 +1,8 @@
-"""The enums and tables of models.indexing against protocol.md §2 and Appendix A."""
+"""The enums and tables of models.wire.enums against protocol.md §2 and Appendix A."""
 
 from __future__ import annotations
 
-from models.indexing import (
-    DST_INFO,
-    LOCATION_INFO,
+from models.wire.enums import (
     ActivationLocationType,
     AttentionTraceType,
     DerivedScalarType,
@@ -15,6 +13,7 @@ from models.indexing import (
     SpecType,
     TensorType,
 )
+from models.wire.shapes import DST_INFO, LOCATION_INFO
 
 
 def test_enum_values_are_the_wire_strings():

@@ -8,8 +8,8 @@ import threading
 import redis
 
 from api import submission
-from models.jobs import JOB_DONE_CHANNEL
 from models.settings import Settings
+from models.store.lifecycle import JOB_DONE_CHANNEL
 from worker.tasks import _ProcessState
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from models.records import Job
+from models.store.tables import Job
 from tests.conftest import OK_CASES, queued_messages
 
 CASES = {c["name"][:3]: c for c in OK_CASES}

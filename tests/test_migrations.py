@@ -1,4 +1,4 @@
-"""The Alembic migrations build exactly the schema of models.records, on SQLite and PostgreSQL."""
+"""The Alembic migrations build exactly the schema of models.store.tables, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 import migrations
-from models.db import make_engine
-from models.records import Base
+from models.store.db import make_engine
+from models.store.tables import Base
 
 
 def _diff(url: str) -> list:

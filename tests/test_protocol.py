@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from models.errors import NotFoundError, RequestValidationError
-from models.indexing import ActivationLocationType, PassType, TensorType
-from models.protocol import (
+from models.wire.encoding import dumps, dumps_bytes
+from models.wire.enums import ActivationLocationType, PassType, TensorType
+from models.wire.protocol import (
     REQUEST_MODELS,
     RESPONSE_MODELS,
     BatchedRequest,
@@ -29,7 +30,6 @@ from models.protocol import (
     tdb_camel,
     to_wire,
 )
-from models.wirejson import dumps, dumps_bytes
 
 
 def shared_dir() -> Path:
@@ -43,7 +43,9 @@ def golden_cases() -> list[tuple[str, dict]]:
 
 
 CASES = golden_cases()
-REQUEST_CASES = [(n, c) for n, c in CASES if c["endpoint"] != "model_info"]  # model_info has no body
+REQUEST_CASES = [
+    (n, c) for n, c in CASES if c["endpoint"] != "model_info"
+]  # model_info has no body
 RESPONSE_CASES = [(n, c) for n, c in CASES if c.get("response") is not None]
 
 
@@ -475,7 +477,7 @@ def test_tensor_union_is_discriminated_by_tensor_type():
 
 
 def test_token_and_scalar_must_be_finite():
-    from models.protocol import TokenAndScalar
+    from models.wire.protocol import TokenAndScalar
 
     with pytest.raises(ValueError):
         TokenAndScalar(token="a", scalar=math.inf, normalized_scalar=0.0)

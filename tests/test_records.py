@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from models import store
-from models.jobs import JobStatus, can_transition
-from models.records import Job, JobTag, Run
+from models.store import jobs as store
+from models.store.lifecycle import JobStatus, can_transition
+from models.store.tables import Job, JobTag, Run
 from tests.conftest import GOLDEN_CASES
 
 TDB = next(c for c in GOLDEN_CASES if c["name"].startswith("061"))

@@ -8,12 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from models import recovery, store
-from models.records import Job, utcnow
 from models.settings import Settings
+from models.store import jobs as store
+from models.store import recovery
+from models.store.tables import Job, utcnow
 from tests.conftest import GOLDEN_MODEL_NAME, OK_CASES, queued_messages
+from worker.execution import execute_job
+from worker.limits import JobLimits
 from worker.reaper import Reaper
-from worker.tasks import JobLimits, execute_job
 
 CASE = next(c for c in OK_CASES if c["endpoint"] == "derived_scalars")
 LEASE = 60.0
@@ -115,7 +117,7 @@ def test_hard_time_limit_fails_the_job_of_that_worker_only(sessions):
 
 def _reaper(tmp_path, sessions, db_url) -> Reaper:
     from api.queue import make_producer
-    from models.jobs import TASK_NAME, queue_name
+    from models.store.lifecycle import TASK_NAME, queue_name
 
     settings = Settings(
         database_url=db_url, broker_url=f"filesystem://{tmp_path / 'broker'}", lease_seconds=LEASE
@@ -234,7 +236,7 @@ def test_a_superseded_attempt_stores_nothing(sessions, engine_model):
 def test_actq_reap_requeues_publishes_and_fails_in_one_sweep(tmp_path, sqlite_url):
     import os
 
-    from models.db import make_engine, make_sessionmaker
+    from models.store.db import make_engine, make_sessionmaker
     from tests.conftest import run_actq
 
     engine = make_engine(sqlite_url)

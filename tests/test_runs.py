@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from models.runs import canonical_ablations, describe_runs, prompt_hash, run_losses
+from models.store.runs import canonical_ablations, describe_runs, prompt_hash, run_losses
 from tests.conftest import GOLDEN_CASES
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from models import store
 from models.errors import RequestError
-from models.records import Job
+from models.store import jobs as store
+from models.store.tables import Job
 from tests.conftest import GOLDEN_MODEL_NAME, OK_CASES, assert_same_response, strip_timing
-from worker.tasks import error_record, execute_job
+from worker.execution import error_record, execute_job
 
 CASE = next(c for c in OK_CASES if c["name"].startswith("061"))
 

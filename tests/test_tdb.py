@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from models.errors import RequestValidationError
-from models.indexing import ComponentTypeForAttention, ComponentTypeForMlp, GroupId
-from models.protocol import (
+from models.wire.enums import ComponentTypeForAttention, ComponentTypeForMlp, GroupId
+from models.wire.protocol import (
     MultipleTopKDerivedScalarsRequestSpec,
     ScoredTokensRequestSpec,
     TdbRequestSpec,
@@ -19,7 +19,7 @@ from models.protocol import (
     parse_request,
     to_wire,
 )
-from models.tdb import (
+from models.wire.tdb import (
     component_groups,
     convert_tdb_request,
     current_token_index,

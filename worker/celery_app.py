@@ -24,8 +24,8 @@ from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init, worker_ready
 
-from models.jobs import queue_name
 from models.settings import Settings, celery_config, ensure_broker_folders
+from models.store.lifecycle import queue_name
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def create_celery(settings: Settings, model_name: str) -> Celery:
 
 def _reap_when_ready(app: Celery, settings: Settings) -> None:
     """Once the worker consumes, run the reaper in a thread of this (main) process."""
-    from models.jobs import TASK_NAME
+    from models.store.lifecycle import TASK_NAME
     from worker import reaper, tasks
 
     def publish(job_id: str, model: str) -> None:

@@ -6,7 +6,7 @@ runs one sweep (or ``--loop`` forever). A sweep
 1. checks that the broker still has its messages: a marker key is kept in Redis, and when it is
    missing (Redis restarted without persistence, or was flushed) every queued job is marked
    unpublished so that it gets a new message;
-2. hands jobs whose worker stopped sending heartbeats to ``models.recovery.reap``: back to
+2. hands jobs whose worker stopped sending heartbeats to ``models.store.recovery.reap``: back to
    ``queued``, or ``failed`` with ``worker_lost`` after ``ACTQ_MAX_ATTEMPTS`` claims, or
    ``canceled`` if a cancel was asked for;
 3. publishes every queued job that has no message (the outbox): requeued jobs, jobs accepted
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import recovery
-from models.records import utcnow
 from models.settings import Settings
+from models.store import recovery
+from models.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 

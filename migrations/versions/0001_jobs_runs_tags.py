@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-27
 
-Types are spelled out here rather than imported from models.records, so this revision keeps
+Types are spelled out here rather than imported from models.store.tables, so this revision keeps
 meaning the same schema when the models change later.
 """
 

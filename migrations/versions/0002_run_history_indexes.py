@@ -17,7 +17,7 @@ import json
 import sqlalchemy as sa
 from alembic import op
 
-from models.run_keys import ablation_keys
+from models.store.run_keys import ablation_keys
 
 revision = "0002"
 down_revision = "0001"

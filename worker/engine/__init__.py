@@ -14,17 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
-from models import protocol as p
+from models.checks import validate_request
 from models.model_meta import ModelMeta, resolve_model
-from models.protocol import tdb_camel
-from models.tdb import convert_tdb_request
 from models.tokenizer import Gpt2Tokenizer, load_tokenizer
-from models.validation import validate_request
+from models.wire import protocol as p
+from models.wire.protocol import tdb_camel
+from models.wire.tdb import convert_tdb_request
 
+from .families.gpt2 import GPT2Weights
 from .loading import load_state_dict
 from .pipeline import run_batch
 from .planning import Paths
-from .weights import GPT2Weights
 
 __all__ = ["LoadedModel", "load_model", "run", "ENDPOINTS"]
 

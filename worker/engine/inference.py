@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .families.gpt2 import GPT2Weights, forward
 from .hooks import HOOK_POINTS, Hooks, Key, overwrite
 from .losses import LossSpec
 from .tracing import (
@@ -22,8 +23,6 @@ from .tracing import (
     residual_gradient,
     value_direct_effect,
 )
-from .transformer import forward
-from .weights import GPT2Weights
 
 
 @dataclass(frozen=True)

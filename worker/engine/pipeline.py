@@ -8,14 +8,14 @@ each sub-request answers every spec from its own values over the shared node lis
 
 from __future__ import annotations
 
-from models import protocol as p
+from models.wire import protocol as p
 
-from .derived import ElementView
 from .inference import run_pass
 from .planning import Paths, SubRequestPlan, group_stores, plan_sub_request, requirements
 from .responses import sub_response
 from .tokens import TokenScorer
 from .topk import Node, rank_spec
+from .view import ElementView
 
 
 def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | None = None) -> dict:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models import protocol as p
 from models.errors import RequestValidationError
-from models.indexing import DST_INFO, DerivedScalarType
+from models.wire import protocol as p
+from models.wire.enums import DerivedScalarType
+from models.wire.shapes import DST_INFO
 
-from .derived import DstDef, ElementView, dst_def
+from .derived import DstDef, dst_def
 from .hooks import HOOK_POINTS
 from .inference import Ablation, ElementPlan
 from .losses import LossSpec
 from .topk import DstTensors
 from .tracing import TracedNode
+from .view import ElementView
 
 TOKEN_WRITE_POINTS = ("mlp.post_act", "attn.qk_probs", "attn.v", "resid.post_emb")
 TOKEN_READ_POINTS = ("resid.post_attn",)

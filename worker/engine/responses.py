@@ -8,9 +8,10 @@ import math
 
 import torch
 
-from models import protocol as p
 from models.errors import RequestValidationError
-from models.indexing import DST_INFO, DerivedScalarType
+from models.wire import protocol as p
+from models.wire.enums import DerivedScalarType
+from models.wire.shapes import DST_INFO
 
 from .attention_scalars import token_attention_scalars
 from .inference import PassResult

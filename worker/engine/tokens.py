@@ -23,9 +23,9 @@ import torch
 
 from models.errors import RequestValidationError
 
-from .derived import ElementView
+from .families.gpt2 import GPT2Weights
 from .topk import Node, select_indices
-from .weights import GPT2Weights
+from .view import ElementView
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .transformer import gelu_new, layer_norm
-from .weights import GPT2Weights
+from .families.gpt2 import GPT2Weights
+from .families.layers import gelu_new, layer_norm
 
 # LocationWithinLayer (engine.md §2.2)
 END_OF_PREV_LAYER, ATTN, RESID_POST_ATTN, MLP, RESID_POST_MLP = 1, 2, 3, 4, 5

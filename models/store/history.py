@@ -20,9 +20,9 @@ from sqlalchemy import Select, and_, exists, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 
 from models.errors import NotFoundError, RequestValidationError
-from models.jobs import JobStatus
-from models.records import Job, JobTag, Run, RunAblation, RunTag
-from models.runs import canonical_json, prompt_hash
+from models.store.lifecycle import JobStatus
+from models.store.runs import canonical_json, prompt_hash
+from models.store.tables import Job, JobTag, Run, RunAblation, RunTag
 
 BASELINE_CANDIDATES = 200  # newest clean runs of the prompt looked at when choosing a baseline
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 import migrations
-from models.db import make_engine, make_sessionmaker
-from models.jobs import JobStatus
 from models.settings import Settings
-from models.store import pending_jobs, requeue_job
+from models.store.db import make_engine, make_sessionmaker
+from models.store.jobs import pending_jobs, requeue_job
+from models.store.lifecycle import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     from api.app import create_app
     from api.auth import safe_bind
     from api.queue import make_producer
-    from models.jobs import TASK_NAME, queue_name
+    from models.store.lifecycle import TASK_NAME, queue_name
 
     data = settings.data_path()
     data.mkdir(parents=True, exist_ok=True)

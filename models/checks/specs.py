@@ -1,7 +1,7 @@
-"""The checks of ``models.validation`` for processing specs, and the gradient requirement.
+"""The checks of ``models.checks`` for processing specs, and the gradient requirement.
 
 Each check names the offending field by its wire path; the status-code policy is described in
-``models.validation``. The rules come from protocol.md §3.5-§3.9, §5.3-§5.10 and §7, and from the
+``models.checks``. The rules come from protocol.md §3.5-§3.9, §5.3-§5.10 and §7, and from the
 derived-scalar tables of engine.md §3.
 """
 
@@ -9,17 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models.checks import Shape, check_index, check_layer
+from models.checks.inference import Shape, check_index, check_layer
 from models.errors import RequestValidationError, UnsupportedError
-from models.indexing import (
-    DST_INFO,
-    ActivationLocationType,
-    DerivedScalarType,
-    Dimension,
-    DstInfo,
-    PassType,
-)
-from models.protocol import (
+from models.wire.enums import ActivationLocationType, DerivedScalarType, Dimension, PassType
+from models.wire.protocol import (
     DerivedAttentionScalarsRequestSpec,
     DerivedScalarsRequestSpec,
     InferenceRequestSpec,
@@ -28,6 +21,7 @@ from models.protocol import (
     TokenPairAttributionRequestSpec,
     WireModel,
 )
+from models.wire.shapes import DST_INFO, DstInfo
 
 DST = DerivedScalarType
 

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from api.charts import fmt
-from models.run_keys import ablation_key
+from models.store.run_keys import ablation_key
 
 SUMMARY_NODES = 10
 SUMMARY_TOKENS = 8

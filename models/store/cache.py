@@ -1,7 +1,7 @@
 """The cache of identical requests: a submission equal to a finished job reuses its result.
 
 Two submissions are identical when their ``request_hash`` is (sha256 of the canonical request
-with its endpoint, model and model revision, ``models.store.request_hash``). The newest finished
+with its endpoint, model and model revision, ``models.store.jobs.request_hash``). The newest finished
 job with that hash answers: a new job row is created already ``finished`` (it never passes
 through ``queued``), with ``cache_of`` naming the job that computed the result (the original, also
 when the answering job was itself a cache hit), a copy of the stored response blob, and the
@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.jobs import JobStatus
-from models.records import Job, utcnow
-from models.store import create_job, request_hash
+from models.store.jobs import create_job, request_hash
+from models.store.lifecycle import JobStatus
+from models.store.tables import Job, utcnow
 
 
 def find_cached(session: Session, key: str) -> Job | None:

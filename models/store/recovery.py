@@ -5,7 +5,7 @@
   died between commit and publish, or the broker was down) is published again by the reaper, and
   when the broker lost its messages (Redis restarted without persistence) every queued job is
   marked unpublished so that it gets a new message. A duplicate message is harmless: the claim
-  step (``models.store.claim_job``) runs a job once per attempt.
+  step (``models.store.jobs.claim_job``) runs a job once per attempt.
 * **Reaper**: a ``started`` job whose heartbeat is older than the lease lost its worker. It goes
   back to ``queued`` (unpublished, so it is published again), unless it has used all its attempts
   (then it fails with ``worker_lost``) or someone asked to cancel it (then it is ``canceled``).
@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.jobs import JobStatus
-from models.records import Job, utcnow
+from models.store.lifecycle import JobStatus
+from models.store.tables import Job, utcnow
 
 REAP_BATCH = 500  # jobs looked at per sweep; the next sweep takes the rest
 

@@ -1,5 +1,5 @@
 """``actq demo``: start the embedded stack, run a clean request and its ablated twin, print where
-their results are and the comparison of the two (``api.cli_compare.format_summary``), stop.
+their results are and the comparison of the two (``api.cli.compare.format_summary``), stop.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from api.cli_compare import format_summary
+from api.cli.compare import format_summary
 from api.client import Client
 from models.settings import DEFAULT_API_URL
 

@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.jobs import JobStatus
-from models.records import Job, JobTag, Run, RunAblation, utcnow
-from models.runs import canonical_json, describe_runs, prompt_hash
+from models.store.lifecycle import JobStatus
+from models.store.runs import canonical_json, describe_runs, prompt_hash
+from models.store.tables import Job, JobTag, Run, RunAblation, utcnow
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -135,7 +135,7 @@ def claim_job(
     lease (its worker died and the broker delivered the message again), unless it was asked to
     cancel. Anything else, including a job that already finished, is left alone: the message was
     a duplicate. A job that has had ``max_attempts`` claims is not claimed again (the reaper
-    fails it, ``models.recovery``).
+    fails it, ``models.store.recovery``).
     """
     now = now or utcnow()
     stale = now - dt.timedelta(seconds=lease_seconds)
@@ -302,7 +302,7 @@ def _filter_conditions(f: JobFilter) -> list:
     if f.has_ablations is not None:
         ablated = exists().where(Run.job_id == Job.id, Run.has_ablations.is_(True))
         cond.append(ablated if f.has_ablations else ~ablated)
-    for key in f.ablates:  # models.run_keys keys, e.g. "mlp_neuron:3:2,100"
+    for key in f.ablates:  # models.store.run_keys keys, e.g. "mlp_neuron:3:2,100"
         cond.append(exists().where(RunAblation.job_id == Job.id, RunAblation.key == key))
     if f.since is not None:
         cond.append(Job.created_at >= f.since)

@@ -35,8 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-from models.jobs import JobStatus
-from models.run_keys import ablation_keys
+from models.store.lifecycle import JobStatus
+from models.store.run_keys import ablation_keys
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -183,7 +183,7 @@ class Run(Base):
 
 
 class RunAblation(Base):
-    """One ablated node of one run, as a ``models.run_keys`` key: the indexed form of ablations."""
+    """One ablated node of one run, as a ``models.store.run_keys`` key: the indexed form of ablations."""
 
     __tablename__ = "run_ablations"
     __table_args__ = (
@@ -215,7 +215,7 @@ class RunTag(Base):
 
 
 class ApiKey(Base):
-    """An API key: only the sha256 of the token is stored (``models.keys``). The key's ``name``
+    """An API key: only the sha256 of the token is stored (``models.store.keys``). The key's ``name``
     is the owner of the jobs it submits; an admin key sees every owner's jobs."""
 
     __tablename__ = "api_keys"

@@ -2,7 +2,7 @@
 
 The API calls ``validate_request`` before it queues a job, so a bad layer index or a multi-token
 target is refused at once instead of failing on a GPU worker; the engine calls it too, so both give
-the same answer. Parsing (``models.protocol``) has already checked types; this checks what needs the
+the same answer. Parsing (``models.wire.protocol``) has already checked types; this checks what needs the
 model's shape and tokenizer: index ranges, prompt lengths, the rules TDB's server enforced by
 crashing (protocol.md §7, Appendix C "Early validation"), and the features actq does not offer.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.checks import (
+from models.checks.inference import (
     Shape,
     check_ablation,
     check_loss_strings,
@@ -32,9 +32,10 @@ from models.checks import (
     check_within_layer_grad_index,
     trace_levels,
 )
+from models.checks.specs import check_gradients, check_spec
 from models.errors import NotFoundError, RequestError, RequestValidationError
-from models.indexing import AttentionTraceType
-from models.protocol import (
+from models.wire.enums import AttentionTraceType
+from models.wire.protocol import (
     BatchedRequest,
     BatchedTdbRequest,
     InferenceRequestSpec,
@@ -42,8 +43,7 @@ from models.protocol import (
     WireModel,
     parse_request,
 )
-from models.spec_checks import check_gradients, check_spec
-from models.tdb import convert_tdb_request
+from models.wire.tdb import convert_tdb_request
 
 PROMPT_LENGTH_LIMIT = 500
 
@@ -81,7 +81,7 @@ def validate_request(
 ) -> None:
     """Raise the ActqError a user should see for ``request`` on this model, or return None.
 
-    ``request`` is the parsed model (``models.protocol.parse_request``) or a wire dict.
+    ``request`` is the parsed model (``models.wire.protocol.parse_request``) or a wire dict.
     """
     if endpoint == "model_info":
         return

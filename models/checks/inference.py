@@ -1,8 +1,8 @@
-"""The checks of ``models.validation`` that concern the inference spec and TDB's own fields.
+"""The checks of ``models.checks`` that concern the inference spec and TDB's own fields.
 
 Each function takes the parsed object, the wire path of that object and the ``Shape`` (model sizes
-and prompt length), and raises an ActqError naming the field; see ``models.validation`` for the
-status-code policy. Processing-spec checks are in ``models.spec_checks``.
+and prompt length), and raises an ActqError naming the field; see ``models.checks`` for the
+status-code policy. Processing-spec checks are in ``models.checks.specs``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import RequestValidationError, UnsupportedError
-from models.indexing import (
-    LOCATION_INFO,
+from models.wire.enums import (
     AttentionTraceType,
     ComponentTypeForAttention,
     ComponentTypeForMlp,
@@ -24,15 +23,18 @@ from models.indexing import (
     NodeType,
     PassType,
 )
-from models.protocol import (
+from models.wire.protocol import (
     AblationSpec,
     LossFnConfig,
     MirroredNodeIndex,
     MirroredTraceConfig,
     TdbRequestSpec,
 )
+from models.wire.shapes import LOCATION_INFO
 
-_EXCLUDED_STRINGS_FILE = Path(__file__).parent / "data" / "least_common_gpt2_token_strings.json"
+_EXCLUDED_STRINGS_FILE = (
+    Path(__file__).resolve().parents[1] / "data" / "least_common_gpt2_token_strings.json"
+)
 
 
 @cache
@@ -145,9 +147,13 @@ def check_within_layer_grad_index(index, path: str, shape: Shape) -> None:
             path=f"{path}.activationLocationType",
         )
     if index.pass_type.value != "forward":
-        raise RequestValidationError("the traced activation must be a forward one", path=f"{path}.passType")
+        raise RequestValidationError(
+            "the traced activation must be a forward one", path=f"{path}.passType"
+        )
     if index.layer_index is None:
-        raise RequestValidationError("give the layer of the traced activation", path=f"{path}.layerIndex")
+        raise RequestValidationError(
+            "give the layer of the traced activation", path=f"{path}.layerIndex"
+        )
     check_activation_index(index, path, shape)
 
 

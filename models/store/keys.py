@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.errors import RequestValidationError
-from models.records import ApiKey, utcnow
+from models.store.tables import ApiKey, utcnow
 
 TOKEN_PREFIX = "actq_"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}")

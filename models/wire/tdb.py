@@ -9,13 +9,13 @@ the API's early validation and the engine both use it.
 
 Conversion checks only what it needs to build the request (the node types an ablation can address,
 non-null token and neuron indices, a downstream node only below a ``V`` trace); everything else,
-such as ranges, is left to ``models.validation``.
+such as ranges, is left to ``models.checks``.
 """
 
 from __future__ import annotations
 
 from models.errors import RequestValidationError
-from models.indexing import (
+from models.wire.enums import (
     ActivationLocationType,
     AttentionTraceType,
     ComponentTypeForAttention,
@@ -28,7 +28,7 @@ from models.indexing import (
     PreOrPostAct,
     TokenScoringType,
 )
-from models.protocol import (
+from models.wire.protocol import (
     AblationSpec,
     InferenceRequestSpec,
     InferenceSubRequest,

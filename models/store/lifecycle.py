@@ -5,7 +5,7 @@ worker claims it, and ends ``finished`` (the response is stored) or ``failed`` (
 is stored). ``canceled`` ends a job that nobody should run any more. A ``started`` job whose worker
 died (its heartbeat went stale) may be claimed again, or put back in the queue by the reaper,
 which are the ways back; after ``ACTQ_MAX_ATTEMPTS`` claims the reaper fails it instead
-(``models.recovery``)::
+(``models.store.recovery``)::
 
     queued --claim--> started --finish--> finished
        |                 |  \\--fail (error, timeout, worker lost)--> failed

@@ -2,7 +2,7 @@
 
 These talk to the database directly (``ACTQ_DATABASE_URL``, as ``actq db upgrade`` does), not to a
 running API: making the first key is how an open service gets closed. ``create`` prints the new key
-on stdout once; only its sha256 is stored (``models.keys``), so a lost key is revoked and replaced,
+on stdout once; only its sha256 is stored (``models.store.keys``), so a lost key is revoked and replaced,
 never recovered. A replacement made under the same name keeps the name's jobs. The embedded
 mode's SQLite database is migrated first, so keys can be made before ``actq up`` ever ran.
 """
@@ -18,7 +18,7 @@ from models.settings import Settings
 
 def _sessions():
     import migrations
-    from models.db import make_engine, make_sessionmaker
+    from models.store.db import make_engine, make_sessionmaker
 
     url = Settings().database()
     if url.startswith("sqlite"):
@@ -28,7 +28,7 @@ def _sessions():
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from models.keys import create_key
+    from models.store.keys import create_key
 
     engine, sessions = _sessions()
     try:
@@ -48,7 +48,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_args: argparse.Namespace) -> int:
-    from models.keys import list_keys
+    from models.store.keys import list_keys
 
     engine, sessions = _sessions()
     try:
@@ -68,7 +68,7 @@ def cmd_list(_args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from models.keys import any_active_key, revoke_key
+    from models.store.keys import any_active_key, revoke_key
 
     engine, sessions = _sessions()
     try:

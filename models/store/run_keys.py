@@ -1,6 +1,6 @@
 """Short text keys for the ablations of a run, so "runs ablating this node" is an indexed lookup.
 
-A run's ablations are stored as canonical JSON (``models.runs.canonical_ablations``); each ablated
+A run's ablations are stored as canonical JSON (``models.store.runs.canonical_ablations``); each ablated
 thing also gets a key in ``run_ablations``. A TDB node ablation (``nodeAblations``) is keyed by
 what the server actually overwrites (protocol.md §6.1): node type, layer, and the node's tensor
 indices, where an attention head's middle (key) index is written ``*`` because TDB ignores it and

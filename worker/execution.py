@@ -1,0 +1,256 @@
+"""Running one job end to end, without Celery: claim, heartbeat, engine, cancel checks, store.
+
+``execute_job`` is what the Celery task calls with this process's sessions and model; tests call
+it directly. The guarantees it keeps are written out in ``worker.tasks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.errors import ActqError
+from models.store import jobs as store
+from models.store import recovery
+from models.store.runs import run_losses
+from models.wire.encoding import dumps
+from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
+
+log = logging.getLogger(__name__)
+
+DB_CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
+
+Runner = Callable[[str, Any, Any], dict]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    attempt: int
+    endpoint: str
+    model: str
+    request: Any
+    tags: list[str]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None = None,
+) -> Claimed | None:
+    """Claim the job; returns what the run needs, or None."""
+    with sessions.begin() as session:
+        attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
+        if attempt is None:
+            return None
+        job = store.get_job(session, job_id)
+        return Claimed(attempt, job.endpoint, job.model, job.request, list(job.tags or []))
+
+
+@contextmanager
+def heartbeat(sessions: sessionmaker[Session], job_id: str, attempt: int, interval: float):
+    """Refresh the job's heartbeat in a background thread while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with sessions.begin() as session:
+                    if not store.beat(session, job_id, attempt):
+                        return  # no longer ours (finished elsewhere, canceled)
+            except Exception as error:  # a missed beat is not fatal
+                log.warning("Job %s: heartbeat failed: %s", job_id, error)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def error_record(error: BaseException) -> dict[str, Any]:
+    """The error as stored on the job: the user's view plus, for bugs, the traceback."""
+    if isinstance(error, SoftTimeLimit):
+        return recovery.timeout_error(error.args[0] if error.args else None, hard=False)
+    if isinstance(error, ActqError):
+        return {
+            "type": error.type,
+            "message": error.message,
+            "path": error.path,
+            "status": error.status,
+        }
+    return {
+        "type": "internal_error",
+        "message": f"the engine failed: {type(error).__name__}: {error}",
+        "path": None,
+        "status": 500,
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+def run_engine(runner: Runner, endpoint: str, request: Any, model: Any, limit: float | None = None):
+    """(response text, losses, engine seconds) or (error record, None, seconds)."""
+    start = time.perf_counter()
+    try:
+        with soft_time_limit(limit):
+            response = runner(endpoint, request, model)
+        text = dumps(response)
+        return text, run_losses(endpoint, response), time.perf_counter() - start
+    except Exception as error:
+        log.info("Engine refused or failed: %s", error)
+        return error_record(error), None, time.perf_counter() - start
+
+
+def with_db_retry(fn: Callable[[], Any], patience: float = STORE_PATIENCE_SECONDS) -> Any:
+    """Call ``fn`` (one transaction), retrying connection errors with backoff for ``patience``s."""
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except DB_CONNECTION_ERRORS as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Database unavailable (%s); retrying in %.1fs", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def store_outcome(
+    sessions,
+    job_id: str,
+    attempt: int,
+    outcome,
+    losses,
+    seconds: float,
+    patience: float = STORE_PATIENCE_SECONDS,
+) -> str:
+    """Write the outcome in one transaction; returns the job's new status, or 'superseded'."""
+
+    def write() -> str:
+        with sessions.begin() as session:
+            if losses is not None:
+                ok = store.finish_job(session, job_id, attempt, outcome, losses, seconds)
+                return "finished" if ok else "superseded"
+            ok = store.fail_job(session, job_id, attempt, outcome)
+            return "failed" if ok else "superseded"
+
+    return with_db_retry(write, patience)
+
+
+def stop_if_canceled(sessions, job_id: str, attempt: int, patience: float) -> str | None:
+    """At a stage boundary: 'canceled' (or 'superseded') if a cancel was asked for, else None."""
+    try:
+        with sessions.begin() as session:
+            if not recovery.cancel_requested(session, job_id, attempt):
+                return None
+    except DB_CONNECTION_ERRORS as error:  # cannot tell now; the next boundary looks again
+        log.warning("Job %s: could not look for a cancel request: %s", job_id, error)
+        return None
+
+    def cancel() -> str:
+        with sessions.begin() as session:
+            return "canceled" if recovery.cancel_held(session, job_id, attempt) else "superseded"
+
+    status = with_db_retry(cancel, patience)
+    log.info("Job %s: %s at a stage boundary", job_id, status)
+    return status
+
+
+def execute_job(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    *,
+    model: Callable[[], Any],
+    runner: Runner | None = None,
+    worker: str | None = None,
+    limits: JobLimits | None = None,
+    lease_seconds: float | None = None,
+    heartbeat_seconds: float | None = None,
+) -> str | None:
+    """Run one job end to end; returns its final status, or None if it was not claimable.
+
+    ``model`` returns the loaded model (called only after a successful claim, so a duplicate
+    message never loads anything); ``runner`` defaults to ``worker.engine.run``. ``limits``
+    bounds the run; ``lease_seconds`` and ``heartbeat_seconds`` override two of them.
+    """
+    worker = worker or worker_name()
+    overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
+    limits = replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
+    job = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts)
+    if job is None:
+        log.info("Job %s: not claimable (duplicate message or already done)", job_id)
+        return None
+    log.info("Job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
+    with heartbeat(sessions, job_id, job.attempt, limits.heartbeat_seconds):
+        stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
+        if stopped:
+            return stopped
+        delay = limits.delay_for(job.tags)
+        runner = _delayed(runner, delay) if delay else runner
+        outcome, losses, seconds = _compute(
+            job.endpoint, job.request, job.model, model, runner, limits.soft_time_limit
+        )
+        stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
+        if stopped:
+            return stopped
+        status = store_outcome(
+            sessions, job_id, job.attempt, outcome, losses, seconds, limits.store_patience
+        )
+    log.info(
+        "Job %s: %s in %.3fs of engine time (attempt %d)", job_id, status, seconds, job.attempt
+    )
+    return status
+
+
+def _delayed(runner: Runner | None, seconds: float) -> Runner:
+    """The runner after a pause (``ACTQ_DEBUG_DELAYS``: rehearsing a slow job)."""
+
+    def run(endpoint: str, request: Any, model: Any) -> dict:
+        time.sleep(seconds)
+        if runner is None:
+            from worker.engine import run as engine_run
+
+            return engine_run(endpoint, request, model)
+        return runner(endpoint, request, model)
+
+    return run
+
+
+def _compute(endpoint, request, model_name, model, runner, limit: float | None = None):
+    try:
+        loaded = model()
+    except Exception as error:
+        log.exception("model could not be loaded")
+        record = error_record(error)
+        record.update(type="model_unavailable", status=503)
+        return record, None, 0.0
+    served = getattr(loaded, "name", model_name)
+    if served != model_name:
+        message = f"this worker serves {served!r}, not {model_name!r}"
+        return (
+            {"type": "internal_error", "message": message, "path": None, "status": 500},
+            None,
+            0.0,
+        )
+    if runner is None:
+        from worker.engine import run as runner
+    return run_engine(runner, endpoint, request, loaded, limit)
