@@ -1,6 +1,7 @@
 """Answer a folder of golden cases with actq's engine, in the layout the golden `compare.py` reads.
 
     python scripts/golden_answers.py OUT_DIR [CASES_DIR] [--model DIR] [--device cpu|cuda]
+        [--autoencoders DIR]   # the AE folders the cases' "server" key names (default: TDB format)
     python ../shared/golden/compare.py OUT_DIR [CASES_DIR]
 
 Each case file `{"endpoint", "request", ...}` gets an answer file of the same name holding
@@ -34,11 +35,30 @@ def main() -> int:
         "--model", help="model directory or name (default: the oracle model beside the cases)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--autoencoders",
+        type=Path,
+        help="folder of AE folders named as the cases' server key names them "
+        "(default: CASES_DIR/../autoencoders; autoencoders-saelens for SAELens's format)",
+    )
     args = parser.parse_args()
-    model = load_model(args.model or str(args.cases_dir.parent / "oracle-gpt2-tiny"), args.device)
+    model_dir = args.model or str(args.cases_dir.parent / "oracle-gpt2-tiny")
+    ae_root = args.autoencoders or args.cases_dir.parent / "autoencoders"
+    models: dict[tuple, object] = {}
+
+    def model_for(server: dict) -> object:
+        names = (server.get("mlpAutoencoder"), server.get("attentionAutoencoder"))
+        if names not in models:
+            mlp, attention = (None if n is None else f"{n}={ae_root / n}" for n in names)
+            models[names] = load_model(
+                model_dir, args.device, mlp_autoencoder=mlp, attention_autoencoder=attention
+            )
+        return models[names]
+
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for case_file in sorted(args.cases_dir.glob("*.json")):
         case = json.loads(case_file.read_text(encoding="utf-8"))
+        model = model_for(case.get("server") or {})
         start = time.perf_counter()
         try:
             answer = {"response": run(case["endpoint"], case["request"], model)}

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from models.checks.autoencoders import check_ae_location, check_latent_node, node_type_autoencoder
 from models.errors import RequestValidationError, UnsupportedError
 from models.wire.enums import (
     AttentionTraceType,
@@ -49,6 +50,7 @@ class Shape:
 
     meta: Any  # models.model_meta.ModelMeta, or anything with its shape attributes
     n_tokens: int
+    autoencoders: Any = None  # models.autoencoders.ServedAutoencoders, or None
 
     def size(self, dim: Dimension) -> int | None:
         """The size of an axis, or None for the autoencoder axes (not offered here)."""
@@ -98,13 +100,13 @@ def check_layer(layer_index: int, shape: Shape, path: str) -> None:
         )
 
 
-def check_node_kind(node_type: NodeType, path: str, verb: str) -> None:
-    """Ablated and traced nodes are MLP neurons or attention heads (``verb``: what is done)."""
+def check_node_kind(node_type: NodeType, path: str, verb: str, shape: Shape | None = None) -> None:
+    """Ablated and traced nodes are MLP neurons, attention heads or latents of a loaded AE."""
+    if node_type in _LATENT_TYPES:
+        node_type_autoencoder(node_type.value, path, shape)
+        return
     if node_type.is_autoencoder:
-        raise UnsupportedError(
-            f"{node_type.value} nodes need an autoencoder, which this server does not offer",
-            path=path,
-        )
+        raise UnsupportedError(f"{node_type.value} nodes cannot be {verb}", path=path)
     if node_type not in (NodeType.MLP_NEURON, NodeType.ATTENTION_HEAD):
         raise RequestValidationError(
             f"{node_type.value} nodes cannot be {verb}: only mlp_neuron and attention_head nodes can",
@@ -112,7 +114,14 @@ def check_node_kind(node_type: NodeType, path: str, verb: str) -> None:
         )
 
 
+_LATENT_TYPES = (
+    NodeType.AUTOENCODER_LATENT,
+    NodeType.MLP_AUTOENCODER_LATENT,
+    NodeType.ATTENTION_AUTOENCODER_LATENT,
+)
+_LATENT_AXES = (Dimension.SEQUENCE_TOKENS, Dimension.AUTOENCODER_LATENTS)
 _NODE_AXES = {
+    **dict.fromkeys(_LATENT_TYPES, _LATENT_AXES),
     NodeType.MLP_NEURON: (Dimension.SEQUENCE_TOKENS, Dimension.MLP_ACTS),
     NodeType.ATTENTION_HEAD: (
         Dimension.SEQUENCE_TOKENS,
@@ -135,12 +144,16 @@ WITHIN_LAYER_GRAD_LOCATIONS = ("mlp.pre_act", "mlp.post_act", "attn.qk_logits", 
 def check_within_layer_grad_index(index, path: str, shape: Shape) -> None:
     """activationIndexForWithinLayerGrad: a node whose gradient direction the DSTs use (§6.6)."""
     location = index.activation_location_type
-    if LOCATION_INFO[location].autoencoder:
-        raise UnsupportedError(
-            f"{location.value} needs an autoencoder, which this server does not offer",
+    if LOCATION_INFO[location].autoencoder and location.value != "online_autoencoder_latent":
+        raise RequestValidationError(
+            f"a within-layer gradient at an autoencoder is defined at online_autoencoder_latent "
+            f"only (TDB fails on {location.value})",
             path=f"{path}.activationLocationType",
         )
-    if location.value not in WITHIN_LAYER_GRAD_LOCATIONS:
+    if (
+        not LOCATION_INFO[location].autoencoder
+        and location.value not in WITHIN_LAYER_GRAD_LOCATIONS
+    ):
         raise RequestValidationError(
             f"a within-layer gradient is defined at {', '.join(WITHIN_LAYER_GRAD_LOCATIONS)}; "
             f"not at {location.value}",
@@ -161,10 +174,7 @@ def check_activation_index(index, path: str, shape: Shape) -> None:
     location = index.activation_location_type
     info = LOCATION_INFO[location]
     if info.autoencoder:
-        raise UnsupportedError(
-            f"{location.value} needs an autoencoder, which this server does not offer",
-            path=f"{path}.activationLocationType",
-        )
+        check_ae_location(index, path, shape)
     if not info.hookable:
         raise RequestValidationError(
             f"{location.value} cannot be hooked (TDB declares it but has no hook point for it)",
@@ -191,7 +201,9 @@ def check_activation_index(index, path: str, shape: Shape) -> None:
 
 def check_ablated_node(node: MirroredNodeIndex, path: str, shape: Shape) -> None:
     """A TDB node ablation: its token (first) and neuron or head (last) index, and its layer."""
-    check_node_kind(node.node_type, f"{path}.nodeType", "ablated")
+    check_node_kind(node.node_type, f"{path}.nodeType", "ablated", shape)
+    if node.node_type in _LATENT_TYPES:
+        check_latent_node(node, path, shape)
     indices = node.tensor_indices
     if not indices:
         raise RequestValidationError(
@@ -266,6 +278,12 @@ def check_trace_levels(levels: list[TraceLevel], shape: Shape) -> None:
                 "a downstream node can only be traced below an attention head traced through V",
                 path=path,
             )
+        if k > 0 and node.node_type in _LATENT_TYPES:
+            raise RequestValidationError(
+                "a trace through V to a downstream autoencoder latent fails in TDB (it looks the "
+                "AE up by the upstream head's type)",
+                path=path,
+            )
         if k > 0 and trace_type is AttentionTraceType.V:
             raise RequestValidationError(
                 "a downstream node cannot itself be traced through V",
@@ -277,7 +295,9 @@ def check_trace_levels(levels: list[TraceLevel], shape: Shape) -> None:
 def check_traced_node(
     node: MirroredNodeIndex, trace_type: AttentionTraceType | None, path: str, shape: Shape
 ) -> None:
-    check_node_kind(node.node_type, f"{path}.nodeIndex.nodeType", "traced")
+    check_node_kind(node.node_type, f"{path}.nodeIndex.nodeType", "traced", shape)
+    if node.node_type in _LATENT_TYPES:
+        check_latent_node(node, f"{path}.nodeIndex", shape)
     if node.pass_type is not PassType.FORWARD:
         raise RequestValidationError(
             "a traced node's passType must be forward", path=f"{path}.nodeIndex.passType"
@@ -320,16 +340,10 @@ def check_traced_node(
 def check_tdb_spec(spec: TdbRequestSpec, path: str, shape: Shape) -> None:
     """The fields of one TdbRequestSpec, before it is converted (protocol.md §6)."""
     if spec.component_type_for_mlp is ComponentTypeForMlp.AUTOENCODER_LATENT:
-        raise UnsupportedError(
-            "componentTypeForMlp autoencoder_latent needs an MLP autoencoder, which this server "
-            "does not offer",
-            path=f"{path}.componentTypeForMlp",
-        )
+        node_type_autoencoder("mlp_autoencoder_latent", f"{path}.componentTypeForMlp", shape)
     if spec.component_type_for_attention is ComponentTypeForAttention.AUTOENCODER_LATENT:
-        raise UnsupportedError(
-            "componentTypeForAttention autoencoder_latent needs an attention autoencoder, which "
-            "this server does not offer",
-            path=f"{path}.componentTypeForAttention",
+        node_type_autoencoder(
+            "attention_autoencoder_latent", f"{path}.componentTypeForAttention", shape
         )
     if spec.top_and_bottom_k_for_node_table < 1:
         raise RequestValidationError(

@@ -77,20 +77,25 @@ class SubRequest:
 
 
 def validate_request(
-    endpoint: str, request: WireModel | dict, meta: Any, tokenizer: Tokenizer
+    endpoint: str,
+    request: WireModel | dict,
+    meta: Any,
+    tokenizer: Tokenizer,
+    autoencoders: Any = None,
 ) -> None:
     """Raise the ActqError a user should see for ``request`` on this model, or return None.
 
-    ``request`` is the parsed model (``models.wire.protocol.parse_request``) or a wire dict.
+    ``request`` is the parsed model (``models.wire.protocol.parse_request``) or a wire dict;
+    ``autoencoders`` the served AEs (``models.autoencoders.ServedAutoencoders``), None for none.
     """
     if endpoint == "model_info":
         return
     if isinstance(request, dict):
         request = parse_request(endpoint, request)
     if endpoint == "batched_tdb":
-        _validate_tdb(request, meta, tokenizer)
+        _validate_tdb(request, meta, tokenizer, autoencoders)
     elif endpoint in _SINGLE_SPEC_FIELDS or endpoint == "batched":
-        _validate_batch(_sub_requests(endpoint, request), meta, tokenizer)
+        _validate_batch(_sub_requests(endpoint, request), meta, tokenizer, autoencoders)
     else:
         raise NotFoundError(f"unknown endpoint {endpoint!r}")
 
@@ -119,7 +124,9 @@ def _sub_requests(endpoint: str, request: WireModel) -> list[SubRequest]:
     ]
 
 
-def _validate_batch(subs: list[SubRequest], meta: Any, tokenizer: Tokenizer) -> None:
+def _validate_batch(
+    subs: list[SubRequest], meta: Any, tokenizer: Tokenizer, autoencoders: Any = None
+) -> None:
     if not subs:
         raise RequestValidationError("the batch has no sub-requests", path="inferenceSubRequests")
     token_ids = [tokenizer.encode(sub.inference.prompt) for sub in subs]
@@ -132,7 +139,7 @@ def _validate_batch(subs: list[SubRequest], meta: Any, tokenizer: Tokenizer) -> 
         tokenizer,
     )
     for sub, ids in zip(subs, token_ids, strict=True):
-        shape = Shape(meta, len(ids))
+        shape = Shape(meta, len(ids), autoencoders)
         check_prompt_length(len(ids), f"{sub.path}.prompt", meta)
         _check_inference_spec(sub.inference, sub.path, shape)
         earlier: dict[str, WireModel] = {}
@@ -171,7 +178,9 @@ def _check_inference_spec(spec: InferenceRequestSpec, path: str, shape: Shape) -
         )
 
 
-def _validate_tdb(request: BatchedTdbRequest, meta: Any, tokenizer: Tokenizer) -> None:
+def _validate_tdb(
+    request: BatchedTdbRequest, meta: Any, tokenizer: Tokenizer, autoencoders: Any = None
+) -> None:
     specs = request.sub_requests
     if not specs:
         raise RequestValidationError("the batch has no sub-requests", path="subRequests")
@@ -183,7 +192,7 @@ def _validate_tdb(request: BatchedTdbRequest, meta: Any, tokenizer: Tokenizer) -
     for i, (spec, ids) in enumerate(zip(specs, token_ids, strict=True)):
         path = f"subRequests.{i}"
         check_prompt_length(len(ids), f"{path}.prompt", meta)
-        check_tdb_spec(spec, path, Shape(meta, len(ids)))
+        check_tdb_spec(spec, path, Shape(meta, len(ids), autoencoders))
         sub = convert_tdb_request(spec, path)
         loss = sub.inference_request_spec.loss_fn_config
         if loss is not None:

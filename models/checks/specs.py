@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from models.checks.autoencoders import (
+    OFFLINE_LATENT_DSTS,
+    ONLINE_LATENT_DSTS,
+    check_ae_dst_use,
+    check_latent,
+    dst_autoencoder,
+    served,
+)
 from models.checks.inference import Shape, check_index, check_layer
 from models.errors import RequestValidationError, UnsupportedError
 from models.wire.enums import ActivationLocationType, DerivedScalarType, Dimension, PassType
@@ -73,14 +81,20 @@ def check_spec(
     elif isinstance(spec, TokenPairAttributionRequestSpec):
         check_depends_on(spec.depends_on_spec_name, earlier, path)
         check_count(spec.num_tokens_attended_to, None, f"{path}.numTokensAttendedTo")
+        attention = served(shape).attention
+        if attention is not None and spec.num_tokens_attended_to > shape.n_tokens:
+            raise RequestValidationError(
+                f"numTokensAttendedTo {spec.num_tokens_attended_to} is more than the prompt's "
+                f"{shape.n_tokens} tokens (TDB fails on it with an attention autoencoder loaded)",
+                path=f"{path}.numTokensAttendedTo",
+            )
 
 
-def usable_dst(dst: DerivedScalarType, path: str) -> DstInfo:
+def usable_dst(dst: DerivedScalarType, path: str, shape: Shape | None = None) -> DstInfo:
     info = DST_INFO[dst]
     if info.autoencoder:
-        raise UnsupportedError(
-            f"{dst.value} needs an autoencoder, which this server does not offer", path=path
-        )
+        dst_autoencoder(dst, path, shape)
+        return info
     if dst in _NEEDS_ATTRIBUTION_NODE:
         raise UnsupportedError(
             f"{dst.value} needs a node to attribute to, which no request can name", path=path
@@ -126,7 +140,7 @@ def check_backward(dst: DerivedScalarType, pass_type: PassType, path: str) -> No
 def check_derived_scalars(
     spec: DerivedScalarsRequestSpec, path: str, inference: InferenceRequestSpec, shape: Shape
 ) -> None:
-    info = usable_dst(spec.dst, f"{path}.dst")
+    info = usable_dst(spec.dst, f"{path}.dst", shape)
     if len(info.dims) != 2:
         hint = ""
         if spec.dst is DST.UNFLATTENED_ATTN_WRITE_NORM:
@@ -142,9 +156,28 @@ def check_derived_scalars(
     check_dst_layer(spec.dst, spec.layer_index, f"{path}.layerIndex", shape)
     check_index(spec.activation_index, info.dims[1], shape, f"{path}.activationIndex")
     check_backward(spec.dst, spec.pass_type, f"{path}.passType")
+    if info.autoencoder:
+        ae = check_ae_dst_use(
+            spec.dst,
+            spec.layer_index,
+            f"{path}.layerIndex",
+            spec.pass_type,
+            f"{path}.passType",
+            inference,
+            f"{path}.dst",
+            shape,
+        )
+        if info.dims[1] is Dimension.AUTOENCODER_LATENTS:
+            check_latent(ae, spec.activation_index, f"{path}.activationIndex")
     if spec.num_top_tokens is not None:
         check_count(spec.num_top_tokens, shape.usable_vocab_size, f"{path}.numTopTokens")
-        if spec.dst not in _TOP_TOKEN_DSTS:
+        if spec.dst in OFFLINE_LATENT_DSTS:
+            raise RequestValidationError(
+                f"top tokens of offline latents ({spec.dst.value}) fail in TDB; use the online_ "
+                "latents: numTopTokens must be null",
+                path=f"{path}.numTopTokens",
+            )
+        if spec.dst not in _TOP_TOKEN_DSTS and spec.dst not in ONLINE_LATENT_DSTS:
             raise RequestValidationError(
                 "top tokens are computed only for mlp_post_act and "
                 f"vocab_token_write_to_input_direction, not {spec.dst.value}: numTopTokens must be null",
@@ -158,7 +191,7 @@ def check_derived_scalars(
 def check_derived_attention_scalars(
     spec: DerivedAttentionScalarsRequestSpec, path: str, shape: Shape
 ) -> None:
-    usable_dst(spec.dst, f"{path}.dst")
+    usable_dst(spec.dst, f"{path}.dst", shape)
     if spec.dst is not DST.UNFLATTENED_ATTN_WRITE_NORM:
         raise RequestValidationError(
             f"derived attention scalars are computed for unflattened_attn_write_norm only, "
@@ -220,7 +253,18 @@ def check_group(
         raise RequestValidationError("a group needs at least one DST", path=group_path)
     node_types = []
     for k, dst in enumerate(dsts):
-        info = usable_dst(dst, f"{group_path}.{k}")
+        info = usable_dst(dst, f"{group_path}.{k}", shape)
+        if info.autoencoder:
+            check_ae_dst_use(
+                dst,
+                None,
+                None,
+                spec.pass_type,
+                f"{path}.passType",
+                inference,
+                f"{group_path}.{k}",
+                shape,
+            )
         if dst in dsts[:k]:
             raise RequestValidationError(
                 f"{dst.value} is listed twice in this group", path=f"{group_path}.{k}"

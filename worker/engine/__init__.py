@@ -10,7 +10,7 @@ that names the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,7 @@ from models.wire import protocol as p
 from models.wire.protocol import tdb_camel
 from models.wire.tdb import convert_tdb_request
 
+from .autoencoders import LoadedAutoencoders, load_autoencoders
 from .families.gpt2 import GPT2Weights
 from .loading import load_state_dict
 from .pipeline import run_batch
@@ -51,10 +52,19 @@ class LoadedModel:
     weights: GPT2Weights
     device: torch.device
     excluded_ids: list[int]
+    autoencoders: LoadedAutoencoders = field(default_factory=LoadedAutoencoders)
 
 
-def load_model(name_or_dir: str, device: str | None = None, data_dir=None) -> LoadedModel:
-    """Load a GPT-2-family model once: weights on `device` (default: CUDA if present), tokenizer."""
+def load_model(
+    name_or_dir: str,
+    device: str | None = None,
+    data_dir=None,
+    *,
+    mlp_autoencoder: str | None = None,
+    attention_autoencoder: str | None = None,
+) -> LoadedModel:
+    """Load a GPT-2-family model once: weights on `device` (default: CUDA if present), tokenizer,
+    and the AEs to serve (each a folder in TDB's or SAELens's format, or ``NAME=DIR``)."""
     meta = resolve_model(name_or_dir, data_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = load_state_dict(meta, data_dir)
@@ -62,18 +72,22 @@ def load_model(name_or_dir: str, device: str | None = None, data_dir=None) -> Lo
         state, meta.n_layers, meta.n_heads, meta.layer_norm_epsilon, dev
     )
     tokenizer = load_tokenizer(meta)
+    autoencoders = load_autoencoders(meta, dev, mlp_autoencoder, attention_autoencoder)
     return LoadedModel(
-        meta.name, meta, tokenizer, weights, dev, list(tokenizer.excluded_token_ids())
+        meta.name,
+        meta,
+        tokenizer,
+        weights,
+        dev,
+        list(tokenizer.excluded_token_ids()),
+        autoencoders,
     )
 
 
 def model_info(model: LoadedModel) -> dict:
     return {
         "modelName": model.name,
-        "hasMlpAutoencoder": False,
-        "mlpAutoencoderName": None,
-        "hasAttentionAutoencoder": False,
-        "attentionAutoencoderName": None,
+        **model.autoencoders.info().model_info(),
         "nLayers": model.meta.n_layers,
     }
 
@@ -83,7 +97,7 @@ def run(endpoint: str, request: dict | None, model: LoadedModel) -> dict:
     if endpoint == "model_info":
         return model_info(model)
     parsed = p.parse_request(endpoint, request)
-    validate_request(endpoint, parsed, model.meta, model.tokenizer)
+    validate_request(endpoint, parsed, model.meta, model.tokenizer, model.autoencoders.info())
     with torch.inference_mode(False):
         if endpoint == "batched":
             return run_batch(list(parsed.inference_sub_requests), model)

@@ -52,6 +52,7 @@ class DstDef:
     backward_grad_points: tuple[str, ...] = ()  # gradients read by the backward value
     direction: bool = False  # reads g (the real backward pass at the trace/loss location)
     activation_direction: bool = False  # reads g̃ (recomputed, no backward pass)
+    layers: Callable[[ElementView], list[int]] | None = None  # layered, but not every layer (AEs)
 
 
 def _raw(point: str, layered: bool) -> DstDef:
@@ -363,6 +364,11 @@ DSTS.update(
 
 
 def dst_def(name: str, path: str | None = None) -> DstDef:
+    if name not in DSTS:
+        from .autoencoders.dsts import AE_DSTS  # imports this module: looked up lazily
+
+        if name in AE_DSTS:
+            return AE_DSTS[name]
     try:
         return DSTS[name]
     except KeyError:

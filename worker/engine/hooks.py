@@ -11,7 +11,9 @@ Stages at a point, in order (engine.md §1.7):
   3. gradient hooks are registered on the tensor: saving first, then backward ablations, so a
      saved gradient is the pre-ablation one (TDB quirk, engine.md §5.3) while everything upstream
      sees the ablated gradient;
-  4. the attached tensor is kept for tracing (the residual a traced node is recomputed from).
+  4. the attached tensor is kept for tracing (the residual a traced node is recomputed from);
+  5. a substitution may replace the tensor for everything downstream (an autoencoder's
+     encode/decode, engine.md §9.4), so the point's own saved value is the one before it.
 A Hooks object lives for one pass; nothing is registered on the model itself.
 """
 
@@ -43,6 +45,12 @@ HOOK_POINTS: dict[str, tuple[str, bool]] = {
     "resid.post_mlp": ("[pos, d_model]", True),
     "resid.ln_f.scale": ("[pos, 1]", False),
     "logits": ("[pos, vocab]", False),
+    # autoencoder points, present at the layers an AE covers (engine.md §9.4)
+    "online_mlp_autoencoder_latent": ("[pos, latent]", True),
+    "online_attention_autoencoder_latent": ("[pos, latent]", True),
+    "online_mlp_autoencoder_error": ("[pos, d_mlp]", True),
+    "online_residual_mlp_autoencoder_error": ("[pos, d_model]", True),
+    "online_residual_attention_autoencoder_error": ("[pos, d_model]", True),
 }
 
 # Axes of each point that run over sequence positions (after the batch axis), for truncation.
@@ -77,6 +85,9 @@ class Hooks:
     saved: dict[Key, torch.Tensor] = field(default_factory=dict)
     grads: dict[Key, torch.Tensor] = field(default_factory=dict)
     attached: dict[Key, torch.Tensor] = field(default_factory=dict)
+    substitute: dict[Key, Callable[[torch.Tensor, Hooks], torch.Tensor]] = field(
+        default_factory=dict
+    )
 
     def add_forward(self, key: Key, fn: ForwardHook) -> None:
         self.forward.setdefault(key, []).append(fn)
@@ -97,7 +108,8 @@ class Hooks:
                 x.register_hook(fn)
         if key in self.keep_attached:
             self.attached[key] = x
-        return x
+        substitution = self.substitute.get(key)
+        return x if substitution is None else substitution(x, self)
 
     def _grad_saver(self, key: Key) -> GradHook:
         def save(grad: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .autoencoders.injection import install as install_autoencoders
 from .families.gpt2 import GPT2Weights, forward
 from .hooks import HOOK_POINTS, Hooks, Key, overwrite
 from .losses import LossSpec
@@ -87,6 +88,7 @@ def run_pass(
     save_grad: set[Key],
     needs_backward: bool,
     device: torch.device,
+    autoencoders=(),
 ) -> PassResult:
     n_layers = weights.n_layers
     lengths = [len(p.tokens) for p in plans]
@@ -101,6 +103,7 @@ def run_pass(
     hooks = Hooks(
         save_forward=set(save_forward), save_grad=set(save_grad) if needs_backward else set()
     )
+    install_autoencoders(hooks, list(autoencoders))
     for row, plan in enumerate(plans):
         for ab in plan.ablations:
             _register_ablation(hooks, row, ab, n_layers)

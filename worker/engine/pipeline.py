@@ -33,6 +33,7 @@ def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | Non
         save_grad,
         needs_backward,
         model.device,
+        model.autoencoders.all(),
     )
     views = [
         ElementView(
@@ -43,6 +44,7 @@ def run_batch(subs: list[p.InferenceSubRequest], model, paths: list[Paths] | Non
             pl.dst_trace,
             pl.fake_grad_index,
             pl.paths.inference,
+            model.autoencoders,
         )
         for row, pl in enumerate(plans)
     ]

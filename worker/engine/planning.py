@@ -10,6 +10,7 @@ from models.wire import protocol as p
 from models.wire.enums import DerivedScalarType
 from models.wire.shapes import DST_INFO
 
+from .autoencoders.planning import bind_autoencoder, with_specific_location
 from .derived import DstDef, dst_def
 from .hooks import HOOK_POINTS
 from .inference import Ablation, ElementPlan
@@ -18,7 +19,15 @@ from .topk import DstTensors
 from .tracing import TracedNode
 from .view import ElementView
 
-TOKEN_WRITE_POINTS = ("mlp.post_act", "attn.qk_probs", "attn.v", "resid.post_emb")
+TOKEN_WRITE_POINTS = (
+    "mlp.post_act",
+    "attn.qk_probs",
+    "attn.v",
+    "resid.post_emb",
+    "online_mlp_autoencoder_latent",
+    "online_attention_autoencoder_latent",
+)
+TOKEN_PAIR_POINTS = ("resid.delta_attn", "attn.qk_probs", "attn.v")
 TOKEN_READ_POINTS = ("resid.post_attn",)
 
 
@@ -107,9 +116,15 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
     trace = (
         TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
     )
+    aes = getattr(model, "autoencoders", None)
+    if aes is not None:
+        ablations = [with_specific_location(a, aes) for a in ablations]
+        trace = bind_autoencoder(trace, aes)
     element = ElementPlan(tokens=tokens, ablations=ablations, loss=loss, trace=trace)
     within = spec_in.activation_index_for_within_layer_grad
     dst_trace = TracedNode.from_activation_index(within) if within is not None else trace
+    if aes is not None and within is not None:
+        dst_trace = bind_autoencoder(dst_trace, aes)
     fake = ablations[0] if len(ablations) == 1 else None
     return SubRequestPlan(
         tokens, element, dict(sub.processing_request_spec_by_name), fake, paths, dst_trace
@@ -134,6 +149,8 @@ def requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
         for spec in plan.specs.values():
             if isinstance(spec, p.ScoredTokensRequestSpec):
                 save_forward |= _all_layers(TOKEN_WRITE_POINTS + TOKEN_READ_POINTS, n_layers)
+            if isinstance(spec, p.TokenPairAttributionRequestSpec) and model.autoencoders.attention:
+                save_forward |= _all_layers(TOKEN_PAIR_POINTS, n_layers)
             derive = derives_gradients(spec)
             for dsts in groups_of(spec).values():
                 for dst in dsts:
@@ -163,7 +180,10 @@ def dst_store(
                 f"{dst} has no backward (gradient) values; use passType forward", path
             )
         info = DST_INFO[DerivedScalarType(dst)]
-        layers = list(range(view.weights.n_layers)) if d.layered else [None]
+        if d.layers is not None:
+            layers = d.layers(view)
+        else:
+            layers = list(range(view.weights.n_layers)) if d.layered else [None]
         forward = {layer: d.forward(view, layer) for layer in layers}
         backward = {layer: d.backward(view, layer) for layer in layers} if derive else None
         plan.stores[key] = DstTensors(dst, str_value(info.node_type), forward, backward)

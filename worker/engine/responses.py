@@ -14,6 +14,7 @@ from models.wire.enums import DerivedScalarType
 from models.wire.shapes import DST_INFO
 
 from .attention_scalars import token_attention_scalars
+from .autoencoders.token_scoring import LATENT_NODE_TYPES, reads_tokens, token_pair_attributions
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
 from .tokens import TokenScorer, read_projection, write_projection
@@ -72,7 +73,9 @@ def _spec_response(plan, view, spec, nodes, model, scorer, path) -> dict:
     return {
         "responseDataType": "token_pair_attribution_response_data",
         "nodeIndices": [node_json(n) for n in nodes],
-        "topTokensAttendedToList": [None] * len(nodes),
+        "topTokensAttendedToList": token_pair_attributions(
+            view, nodes, spec.num_tokens_attended_to
+        ),
     }
 
 
@@ -163,7 +166,7 @@ def _derived_scalar_top_tokens(view, store, spec, activations, scorer: TokenScor
         if not bool(scores.any()):
             return None
         return scorer.top_tokens_of_scores(scores, spec.num_top_tokens)
-    if store.name != "mlp_post_act":
+    if store.name != "mlp_post_act" and store.node_type not in LATENT_NODE_TYPES:
         raise RequestValidationError(
             f"numTopTokens needs dst mlp_post_act (the token-write input of its node type), not {store.name}",
             f"{path}.numTopTokens",
@@ -201,7 +204,7 @@ def _scored_tokens(view, spec, nodes, scorer: TokenScorer, path) -> dict:
         projections = [write_projection(view, node, path) for node in nodes]
         kind = "write"
     elif scoring == "input_tokens_that_upvote_mlp":
-        scored = [i for i, n in enumerate(nodes) if n[0] == "mlp_neuron"]
+        scored = [i for i, n in enumerate(nodes) if reads_tokens(view, n[0])]
         projections = [read_projection(view, nodes[i]) for i in scored]
         kind = "read"
     else:  # the attention query/key readings are disabled in TDB: every entry is null

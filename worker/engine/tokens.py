@@ -23,6 +23,11 @@ import torch
 
 from models.errors import RequestValidationError
 
+from .autoencoders.token_scoring import (
+    LATENT_NODE_TYPES,
+    latent_read_projection,
+    latent_write_projection,
+)
 from .families.gpt2 import GPT2Weights
 from .topk import Node, select_indices
 from .view import ElementView
@@ -63,6 +68,8 @@ def write_projection(view: ElementView, node: Node, path: str | None = None) -> 
         return Projection(
             ("embedding", view.row, t_pos), 1.0, lambda: view.fwd("resid.post_emb", None)[t_pos]
         )
+    if node_type in LATENT_NODE_TYPES:
+        return latent_write_projection(view, node, path)
     raise RequestValidationError(f"nodes of type {node_type} have no token write vector", path)
 
 
@@ -76,6 +83,8 @@ def _by_content(coef: float, direction: torch.Tensor) -> Projection:
 
 def read_projection(view: ElementView, node: Node) -> Projection:
     """An MLP neuron's read: ρ = Pc(γ2 ⊙ W_in[:, i]) / s2(r), r = resid.post_attn at its token (§7.4)."""
+    if node[0] != "mlp_neuron":
+        return latent_read_projection(view, node)
     _, idx, layer, _ = node
     lw = view.weights.layers[layer]
     r = view.fwd("resid.post_attn", layer)[idx[0]]

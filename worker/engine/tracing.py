@@ -9,7 +9,7 @@ downstream gradient of a two-stage trace through V (§6.4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,8 @@ class TracedNode:
     detach_scale: bool
     trace_type: str | None  # None | "Q" | "K" | "QK" | "V"
     downstream: TracedNode | None = None
+    # the AE of a latent node (engine.md §9.5)
+    autoencoder: object | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def from_config(cls, cfg) -> TracedNode:
@@ -54,26 +56,36 @@ class TracedNode:
         attention, layer-norm scale detached; "All" becomes an unknown (None) index."""
         location = _value(index.activation_location_type)
         attention = location.startswith("attn.")
+        node_type = "attention_head" if attention else "mlp_neuron"
+        if location == "online_autoencoder_latent":
+            node_type = "autoencoder_latent"
         return cls(
-            node_type="attention_head" if attention else "mlp_neuron",
+            node_type=node_type,
             layer=index.layer_index,
             indices=tuple(None if i == "All" else i for i in index.tensor_indices),
-            post=location in ("mlp.post_act", "attn.qk_probs"),
+            post=location in ("mlp.post_act", "attn.qk_probs", "online_autoencoder_latent"),
             detach_scale=True,
             trace_type="QK" if attention else None,
         )
 
     @property
+    def reads_post_attention_residual(self) -> bool:
+        """MLP neurons and MLP-type AE latents read rM; heads and attention latents x0/rOut."""
+        if self.autoencoder is not None:
+            return self.autoencoder.kind == "mlp"
+        return self.node_type == "mlp_neuron"
+
+    @property
     def residual_key(self) -> tuple[str, int | None]:
         """The hook point holding the residual stream this node reads."""
-        if self.node_type == "mlp_neuron":
+        if self.reads_post_attention_residual:
             return ("resid.post_attn", self.layer)
         return ("resid.post_emb", None) if self.layer == 0 else ("resid.post_mlp", self.layer - 1)
 
     @property
     def direction_location(self) -> tuple[int, int]:
         """(L_g, loc_g) of the gradient direction this trace defines (engine.md §3.1)."""
-        if self.node_type == "mlp_neuron":
+        if self.reads_post_attention_residual:
             return (self.layer, RESID_POST_ATTN)
         return (self.layer, END_OF_PREV_LAYER)
 
@@ -84,6 +96,10 @@ def _value(x) -> str:
 
 def node_scalar(weights: GPT2Weights, node: TracedNode, resid: torch.Tensor) -> torch.Tensor:
     """The node's pre- or post-activation recomputed from `resid` [T, d] (one sequence)."""
+    if node.autoencoder is not None:
+        from .autoencoders.tracing import latent_scalar
+
+        return latent_scalar(weights, node, resid)
     lw = weights.layers[node.layer]
     eps = weights.ln_eps
     if node.node_type == "mlp_neuron":

@@ -27,6 +27,7 @@ class ElementView:
         trace: TracedNode | None,
         fake_grad_index=None,
         path: str = "inferenceRequestSpec",
+        autoencoders=None,
     ):
         self.path = path  # of the sub-request's inference spec, for error messages
         self.weights = weights
@@ -36,6 +37,7 @@ class ElementView:
         self.trace = trace
         self.fake_grad_index = fake_grad_index
         self._cache: dict = {}
+        self.autoencoders = autoencoders  # LoadedAutoencoders, or None
 
     def _cut(self, name: str, x: torch.Tensor) -> torch.Tensor:
         x = x[self.row]

@@ -1,0 +1,140 @@
+"""The one autoencoder type the engine computes with, whatever file it came from (engine.md §9.1).
+
+An ``Autoencoder`` is a named set of per-layer ``AutoencoderLayer``s that all read the same input
+location (``mlp_post_act``, ``resid_delta_mlp`` or ``resid_delta_attn``). Layers a folder lacks are
+simply absent: the AE covers the others (engine.md §9.8, partial-layer AEs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# input DST -> (hook point the AE reads, kind, error hook point)
+INPUTS = {
+    "mlp_post_act": ("mlp.post_act", "mlp", "online_mlp_autoencoder_error"),
+    "resid_delta_mlp": ("resid.delta_mlp", "mlp", "online_residual_mlp_autoencoder_error"),
+    "resid_delta_attn": (
+        "resid.delta_attn",
+        "attention",
+        "online_residual_attention_autoencoder_error",
+    ),
+}
+LATENT_POINTS = {
+    "mlp": "online_mlp_autoencoder_latent",
+    "attention": "online_attention_autoencoder_latent",
+}
+NODE_TYPES = {"mlp": "mlp_autoencoder_latent", "attention": "attention_autoencoder_latent"}
+ACTIVATIONS = ("relu", "identity", "topk", "jumprelu")
+
+
+@dataclass
+class AutoencoderLayer:
+    """One layer's frozen parameters: encode(x) = φ((x − b_pre) W_encᵀ + b_lat), decode(z) = z W_decᵀ + b_pre."""
+
+    pre_bias: torch.Tensor  # [n]
+    w_enc: torch.Tensor  # [m, n]
+    latent_bias: torch.Tensor  # [m]
+    w_dec: torch.Tensor  # [n, m]
+    activation: str = "relu"  # one of ACTIVATIONS
+    k: int | None = None  # topk
+    threshold: torch.Tensor | None = None  # jumprelu, [m]
+    subtract_pre_bias: bool = True  # SAELens apply_b_dec_to_input
+
+    @property
+    def n_inputs(self) -> int:
+        return self.w_enc.shape[1]
+
+    @property
+    def n_latents(self) -> int:
+        return self.w_enc.shape[0]
+
+    def encode_pre_act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subtract_pre_bias:
+            x = x - self.pre_bias
+        return x @ self.w_enc.T + self.latent_bias
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.activation == "identity":
+            return pre
+        if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.activation == "topk":
+            values, indices = torch.topk(pre, self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+        return torch.relu(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.encode_pre_act(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.w_dec.T + self.pre_bias
+
+    def to(self, device) -> AutoencoderLayer:
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=torch.float32).contiguous()
+
+        return AutoencoderLayer(
+            move(self.pre_bias),
+            move(self.w_enc),
+            move(self.latent_bias),
+            move(self.w_dec),
+            self.activation,
+            self.k,
+            move(self.threshold),
+            self.subtract_pre_bias,
+        )
+
+
+@dataclass
+class Autoencoder:
+    """An AE over some layers of one input location, with the name model_info reports."""
+
+    name: str
+    input_dst: str  # key of INPUTS
+    layers: dict[int, AutoencoderLayer]
+    file_format: str  # "tdb" | "saelens"
+    content_hash: str
+    omitted_latents: int = 0  # TDB dead-latent omission (engine.md §9.3)
+    _write_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """ "mlp" or "attention": which of the server's two AE slots it fills."""
+        return INPUTS[self.input_dst][1]
+
+    @property
+    def input_point(self) -> str:
+        return INPUTS[self.input_dst][0]
+
+    @property
+    def error_point(self) -> str:
+        return INPUTS[self.input_dst][2]
+
+    @property
+    def latent_point(self) -> str:
+        return LATENT_POINTS[self.kind]
+
+    @property
+    def node_type(self) -> str:
+        return NODE_TYPES[self.kind]
+
+    @property
+    def n_latents(self) -> int:
+        return next(iter(self.layers.values())).n_latents
+
+    def write_vectors(self, layer: int, w_out: torch.Tensor | None) -> torch.Tensor:
+        """W_write [m, d]: each latent's residual write (through W_out for mlp_post_act AEs)."""
+        if layer not in self._write_cache:
+            rows = self.layers[layer].w_dec.T
+            if self.input_dst == "mlp_post_act":
+                rows = rows @ w_out
+            self._write_cache[layer] = rows.contiguous()
+        return self._write_cache[layer]
+
+    def write_norms(self, layer: int, w_out: torch.Tensor | None) -> torch.Tensor:
+        key = ("norm", layer)
+        if key not in self._write_cache:
+            self._write_cache[key] = self.write_vectors(layer, w_out).norm(dim=-1)
+        return self._write_cache[key]
