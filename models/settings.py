@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL  # what a worker serves: a name, hub id, DIR or NAME=DIR
     models: str | None = None  # what the API accepts, comma-separated; default: ``model``
     device: str | None = None
+    # the AEs a worker serves with its model: a folder (TDB or SAELens format) or NAME=DIR
+    mlp_autoencoder: str | None = None
+    attention_autoencoder: str | None = None
     torch_threads: int = Field(default=0, ge=0)  # a worker's intra-op threads; 0: every core
     data_dir: Path | None = None
     api_url: str = DEFAULT_API_URL  # where the CLI finds a running service

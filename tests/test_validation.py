@@ -889,3 +889,76 @@ def test_wire_dicts_and_endpoints(meta, tokenizer):
         validate_request("batched_tdb", tdb(topAndBottomKForNodeTable=0), meta, tokenizer)
     with pytest.raises(NotFoundError):
         validate_request("nope", {}, meta, tokenizer)
+
+
+# -- the AE cases, validated with the AEs their server key names (read without torch) ----------
+
+AE_REQUEST_CASES = [
+    (n, c) for n, c in CASES if c["endpoint"] != "model_info" and needs_autoencoders(c)
+]
+
+
+def served_autoencoders(server: dict):
+    from models.autoencoder_files import read_autoencoder_info
+    from models.autoencoders import ServedAutoencoders
+
+    slots = {}
+    for slot, key in (("mlp", "mlpAutoencoder"), ("attention", "attentionAutoencoder")):
+        name = server.get(key)
+        slots[slot] = (
+            None if name is None else read_autoencoder_info(str(GOLDEN / "autoencoders" / name))
+        )
+    return ServedAutoencoders(**slots)
+
+
+@pytest.mark.parametrize(("name", "case"), AE_REQUEST_CASES, ids=[n for n, _ in AE_REQUEST_CASES])
+def test_golden_ae_requests_are_refused_before_running_exactly_when_tdb_failed(
+    meta, tokenizer, name, case
+):
+    request = parse_request(case["endpoint"], case["request"])
+    try:
+        validate_request(
+            case["endpoint"], request, meta, tokenizer, served_autoencoders(case["server"])
+        )
+        error = None
+    except ActqError as raised:
+        error = raised
+    if case.get("error") is None:
+        assert error is None
+    else:
+        assert error is not None and 400 <= error.status < 500
+
+
+def test_ae_refusals_name_the_field(meta, tokenizer):
+    by_name = dict(CASES)
+
+    def refusal(case_name: str) -> ActqError:
+        case = by_name[case_name]
+        with pytest.raises(ActqError) as raised:
+            validate_request(
+                case["endpoint"],
+                parse_request(case["endpoint"], case["request"]),
+                meta,
+                tokenizer,
+                served_autoencoders(case["server"]),
+            )
+        return raised.value
+
+    paths = {
+        "136-ae-err-tdb-trace-attn-v-downstream-mlp-latent": "subRequests.0.downstreamNodeToTrace",
+        "142-ae-err-offline-latent-top-tokens": "derivedScalarsRequestSpec.numTopTokens",
+        "145-ae-err-attention-latent-without-attention-ae": "derivedScalarsRequestSpec.dst",
+        "148-ae-err-tdb-latent-ablation-out-of-range": (
+            "subRequests.0.nodeAblations.0.nodeIndex.tensorIndices.1"
+        ),
+        "166-ae-err-batched-token-pair-attribution-more-than-t": (
+            "inferenceSubRequests.0.processingRequestSpecByName.tokenPairAttribution"
+            ".numTokensAttendedTo"
+        ),
+        "169-ae-err-tdb-mlp-latent-mode-without-mlp-ae": "subRequests.0.componentTypeForMlp",
+        "178-ae-err-generic-offline-write-norm-two-aes": "derivedScalarsRequestSpec.dst",
+        "196-ae-err-offline-latent-partial-ae": "derivedScalarsRequestSpec.dst",
+    }
+    for case_name, path in paths.items():
+        error = refusal(case_name)
+        assert (error.path, error.status) == (path, 422), case_name

@@ -86,7 +86,12 @@ class _ProcessState:
                     self.settings.model,
                     torch.get_num_threads(),
                 )
-                self._model = load_model(self.settings.model, device=self.settings.device)
+                self._model = load_model(
+                    self.settings.model,
+                    device=self.settings.device,
+                    mlp_autoencoder=self.settings.mlp_autoencoder,
+                    attention_autoencoder=self.settings.attention_autoencoder,
+                )
             return self._model
 
     def announce_done(self, job_id: str) -> None:

@@ -33,7 +33,12 @@ from models.store.lifecycle import JobStatus
 log = logging.getLogger(__name__)
 
 
-def embedded_settings(data_dir: str | Path | None, model: str | None) -> Settings:
+def embedded_settings(
+    data_dir: str | Path | None,
+    model: str | None,
+    mlp_autoencoder: str | None = None,
+    attention_autoencoder: str | None = None,
+) -> Settings:
     """Settings of the embedded mode: URLs inside the data dir, whatever the environment says."""
     base = Settings()
     data = Path(data_dir).expanduser().resolve() if data_dir else base.data_path().resolve()
@@ -44,6 +49,8 @@ def embedded_settings(data_dir: str | Path | None, model: str | None) -> Setting
             "broker_url": f"filesystem://{data / 'broker'}",
             "model": model or base.model,
             "models": None,
+            "mlp_autoencoder": mlp_autoencoder or base.mlp_autoencoder,
+            "attention_autoencoder": attention_autoencoder or base.attention_autoencoder,
         }
     )
 
@@ -58,6 +65,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         ACTQ_MODEL=settings.model,
     )
     env.pop("ACTQ_MODELS", None)
+    for name, value in (
+        ("ACTQ_MLP_AUTOENCODER", settings.mlp_autoencoder),
+        ("ACTQ_ATTENTION_AUTOENCODER", settings.attention_autoencoder),
+    ):
+        if value:
+            env[name] = str(value)
+        else:
+            env.pop(name, None)
     if settings.device:
         env["ACTQ_DEVICE"] = settings.device
     return env

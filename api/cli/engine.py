@@ -7,6 +7,7 @@ import json
 import sys
 
 from api.cli.common import EXIT_REQUEST_ERROR, read_request
+from api.cli.processes import add_autoencoder_options
 from models.errors import ActqError, RequestValidationError
 from models.settings import Settings
 from models.store.lifecycle import ENDPOINTS
@@ -25,7 +26,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.engine import load_model, run
 
     try:
-        model = load_model(args.model or settings.model, device=args.device or settings.device)
+        model = load_model(
+            args.model or settings.model,
+            device=args.device or settings.device,
+            mlp_autoencoder=args.mlp_autoencoder or settings.mlp_autoencoder,
+            attention_autoencoder=args.attention_autoencoder or settings.attention_autoencoder,
+        )
         response = run(args.endpoint, request, model)
     except ActqError as error:
         print(dumps(error.to_dict()))
@@ -40,4 +46,5 @@ def add_commands(sub) -> None:
     p.add_argument("request", nargs="?", help="request JSON file, or - for stdin")
     p.add_argument("--model", help="model name or directory (default: ACTQ_MODEL)")
     p.add_argument("--device", help="cpu or cuda (default: ACTQ_DEVICE or the best available)")
+    add_autoencoder_options(p)
     p.set_defaults(func=cmd_run)

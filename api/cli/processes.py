@@ -86,6 +86,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from models.store.lifecycle import queue_name
     from worker.celery_app import create_celery
 
+    for variable, value in (
+        ("ACTQ_MLP_AUTOENCODER", args.mlp_autoencoder),
+        ("ACTQ_ATTENTION_AUTOENCODER", args.attention_autoencoder),
+    ):
+        if value:  # the task process reads its settings from the environment
+            os.environ[variable] = value
     settings = Settings()
     meta = resolve_model(settings.model, settings.data_path())
     app = create_celery(settings, meta.name)
@@ -141,7 +147,9 @@ def cmd_reap(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from api.cli.embedded import embedded_settings, serve
 
-    settings = embedded_settings(args.data_dir, args.model)
+    settings = embedded_settings(
+        args.data_dir, args.model, args.mlp_autoencoder, args.attention_autoencoder
+    )
     return serve(settings, args.host, args.port)
 
 
@@ -151,12 +159,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(args.data_dir, args.model, args.port)
 
 
+def add_autoencoder_options(p) -> None:
+    p.add_argument(
+        "--mlp-autoencoder",
+        help="MLP autoencoder to serve: a folder in TDB's or SAELens's format, or NAME=DIR "
+        "(default: ACTQ_MLP_AUTOENCODER)",
+    )
+    p.add_argument(
+        "--attention-autoencoder",
+        help="attention autoencoder to serve, as --mlp-autoencoder (default: "
+        "ACTQ_ATTENTION_AUTOENCODER)",
+    )
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("up", help="the embedded stack: SQLite, API and one worker")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir")
     p.add_argument("--model")
+    add_autoencoder_options(p)
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("demo", help="start the embedded stack, run a clean and an ablated twin")
     p.add_argument("--data-dir")
@@ -173,6 +195,7 @@ def add_commands(sub) -> None:
     p.add_argument("--pool", choices=["prefork", "solo", "threads"])
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--loglevel", default="INFO")
+    add_autoencoder_options(p)
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reap", help="requeue jobs of dead workers, publish jobs with no message")
     p.add_argument("--loop", action="store_true", help="sweep every ACTQ_REAP_SECONDS, forever")

@@ -3,31 +3,16 @@ model at load, so that a wrong file is a clear start-up error and never a silent
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from models.autoencoder_files import (
+    AutoencoderFileError,
+    content_hash,
+    input_dst_of,
+    split_argument,
+)
 
 from .model import Autoencoder
 from .saelens_format import layer_folders, load_saelens_layers
-from .tdb_format import AutoencoderFileError, input_dst_of, layer_files, load_tdb_layers
-
-
-def split_argument(argument: str) -> tuple[str, Path]:
-    """``NAME=DIR`` or ``DIR`` (named after the folder)."""
-    name, sep, directory = str(argument).partition("=")
-    if not sep or "/" in name:
-        directory, name = str(argument), Path(str(argument)).name
-    return name, Path(directory)
-
-
-def content_hash(folder: Path) -> str:
-    """sha256 over the AE's files (names and bytes), so runs record exactly what served them."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+from .tdb_format import layer_files, load_tdb_layers
 
 
 def load_autoencoder(argument: str, device=None) -> Autoencoder:

@@ -8,63 +8,21 @@ reproduces TDB's server: dead-latent omission, including its rebuild of the AE w
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import torch
 
-from models.errors import ActqError
+from models.autoencoder_files import DEAD_FREQUENCY, AutoencoderFileError
+from models.autoencoder_files import tdb_layer_files as layer_files
 
-from .model import INPUTS, AutoencoderLayer
+from .model import AutoencoderLayer
+
+__all__ = ["AutoencoderFileError", "layer_files", "load_tdb_layers"]
 
 logger = logging.getLogger(__name__)
 
-DEAD_FREQUENCY = 1e-8
-_NAME_HINTS = (
-    ("mlp-post-act", "mlp_post_act"),
-    ("mlp_post_act", "mlp_post_act"),
-    ("resid-delta-mlp", "resid_delta_mlp"),
-    ("resid_delta_mlp", "resid_delta_mlp"),
-    ("resid-delta-attn", "resid_delta_attn"),
-    ("resid_delta_attn", "resid_delta_attn"),
-)
 _REQUIRED = ("pre_bias", "encoder.weight", "latent_bias", "decoder.weight")
-
-
-class AutoencoderFileError(ActqError):
-    """An AE folder that cannot be served: a start-up error that says what is wrong."""
-
-    status = 400
-    type = "autoencoder_file"
-
-
-def layer_files(folder: Path) -> dict[int, Path]:
-    return {
-        int(p.stem): p
-        for p in folder.iterdir()
-        if p.suffix == ".pt" and re.fullmatch(r"\d+", p.stem)
-    }
-
-
-def input_dst_of(folder: Path, name: str, given: str | None = None) -> str:
-    """The AE's input DST: given, from ae.json, or from its name (TDB's registry names)."""
-    sidecar = folder / "ae.json"
-    if given is None and sidecar.is_file():
-        given = json.loads(sidecar.read_text(encoding="utf-8")).get("tdbInputDst")
-    if given is None:
-        for hint, dst in _NAME_HINTS:
-            if hint in name or hint in folder.name:
-                given = dst
-                break
-    if given not in INPUTS:
-        raise AutoencoderFileError(
-            f"cannot tell what autoencoder {name!r} ({folder}) reads: put an ae.json beside its "
-            f'files with {{"tdbInputDst": one of {sorted(INPUTS)}}}, or name it after its input '
-            "(e.g. ae-mlp-post-act-..., ae-resid-delta-mlp-..., ae-resid-delta-attn-...)"
-        )
-    return given
 
 
 def _activation(state: dict, path: Path) -> tuple[str, int | None]:
