@@ -52,6 +52,7 @@ class RunSide:
     label: str | None = None
     tags: tuple[str, ...] = ()
     created_at: str | None = None
+    autoencoders: dict[str, Any] | None = None  # the AEs that served it (name, content hash)
 
 
 def sub_request(endpoint: str, request: dict[str, Any] | None, index: int) -> dict | None:
@@ -127,6 +128,8 @@ def run_settings(side: RunSide) -> dict[str, Any]:
     """What a run was asked to do, in the terms runs are compared by (ablations sorted)."""
     revision = f" @ {side.model_revision}" if side.model_revision else ""
     settings: dict[str, Any] = {"endpoint": side.endpoint, "model": side.model + revision}
+    if side.autoencoders is not None:  # "differs: autoencoders" when one side has others or none
+        settings["autoencoders"] = side.autoencoders
     r = side.request or {}
     if side.endpoint == "batched_tdb":
         trace = {k: r.get(k) for k in ("upstreamNodeToTrace", "downstreamNodeToTrace") if r.get(k)}

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from api.database import get_session
 from api.openapi import openapi_document
-from api.schemas import Health, ModelList, ModelView
+from api.schemas import AutoencoderView, Health, ModelList, ModelView
 from api.served import served_models
 from models.store.lifecycle import queue_name
 
@@ -34,6 +34,18 @@ def models():
             d_mlp=m.meta.d_mlp,
             n_ctx=m.meta.n_ctx,
             vocab_size=m.meta.vocab_size,
+            autoencoders=[
+                AutoencoderView(
+                    name=ae.name,
+                    slot=ae.kind,
+                    input=ae.input_dst,
+                    layers=list(ae.layers),
+                    n_latents=ae.n_latents,
+                    file_format=ae.file_format,
+                    content_hash=ae.content_hash,
+                )
+                for ae in m.autoencoders.all()
+            ],
         )
         for i, m in enumerate(served.all())
     ]

@@ -129,6 +129,7 @@ def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
         label=run.label,
         tags=tuple(run.tags or ()),
         created_at=run.created_at.isoformat() if run.created_at else None,
+        autoencoders=run.autoencoders,
     )
 
 

@@ -94,6 +94,16 @@ class JobList(ApiModel):
     next: str | None = Field(None, description="URL of the next page, when there is one")
 
 
+class AutoencoderView(ApiModel):
+    name: str
+    slot: str = Field(description="mlp or attention")
+    input: str = Field(description="the location it reads: mlp_post_act, resid_delta_mlp, ...")
+    layers: list[int]
+    n_latents: int = Field(description="latents per layer (after TDB's dead-latent omission)")
+    file_format: str
+    content_hash: str
+
+
 class ModelView(ApiModel):
     name: str
     revision: str | None = None
@@ -106,6 +116,9 @@ class ModelView(ApiModel):
     d_mlp: int
     n_ctx: int
     vocab_size: int
+    autoencoders: list[AutoencoderView] = Field(
+        default_factory=list, description="the sparse autoencoders served with this model"
+    )
 
 
 class ModelList(ApiModel):

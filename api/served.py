@@ -12,6 +12,8 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from models.autoencoder_files import read_autoencoder_info
+from models.autoencoders import NO_AUTOENCODERS, ServedAutoencoders
 from models.errors import ActqError, NotFoundError
 from models.model_meta import ModelMeta, resolve_model
 from models.tokenizer import load_tokenizer
@@ -21,12 +23,16 @@ from models.tokenizer import load_tokenizer
 class ServedModel:
     meta: ModelMeta
     tokenizer: Any
+    autoencoders: ServedAutoencoders = NO_AUTOENCODERS
 
 
 class ServedModels:
-    def __init__(self, specs: list[str], data_dir):
+    def __init__(
+        self, specs: list[str], data_dir, autoencoders: dict[str, ServedAutoencoders] | None = None
+    ):
         self.specs = specs
         self.data_dir = data_dir
+        self.autoencoders = autoencoders or {}  # spec -> the AEs its workers serve
         self._by_name: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}  # spec -> why it cannot be served
         self._loaded = False
@@ -39,7 +45,8 @@ class ServedModels:
             for spec in self.specs:
                 try:
                     meta = resolve_model(spec, self.data_dir)
-                    self._by_name[meta.name] = ServedModel(meta, load_tokenizer(meta))
+                    aes = self.autoencoders.get(spec, NO_AUTOENCODERS)
+                    self._by_name[meta.name] = ServedModel(meta, load_tokenizer(meta), aes)
                 except ActqError as error:
                     self.errors[spec] = error.message
             self._loaded = True
@@ -69,9 +76,25 @@ class ServedModels:
         return list(self._by_name.values())
 
 
+def served_autoencoders(settings) -> ServedAutoencoders:
+    """The AEs the workers of ``settings.model`` load (ACTQ_MLP_AUTOENCODER, ...), read without
+    torch; a folder that cannot be read fails the API's start, as it fails the worker's."""
+    slots = {
+        slot: None if not argument else read_autoencoder_info(argument)
+        for slot, argument in (
+            ("mlp", settings.mlp_autoencoder),
+            ("attention", settings.attention_autoencoder),
+        )
+    }
+    return ServedAutoencoders(**slots)
+
+
 def init_app(app: Flask) -> None:
     settings = app.config["ACTQ_SETTINGS"]
-    app.extensions["actq.models"] = ServedModels(settings.served_models(), settings.data_path())
+    aes = {settings.model: served_autoencoders(settings)}
+    app.extensions["actq.models"] = ServedModels(
+        settings.served_models(), settings.data_path(), aes
+    )
 
 
 def served_models() -> ServedModels:

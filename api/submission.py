@@ -56,7 +56,7 @@ def parse_and_validate(endpoint: str, body: bytes, model_name: str | None):
         return served, None
     parsed = parse_request(endpoint, body)
     limits.check_request(parsed, served.tokenizer, limits.limits())
-    validate_request(endpoint, parsed, served.meta, served.tokenizer)
+    validate_request(endpoint, parsed, served.meta, served.tokenizer, served.autoencoders)
     return served, to_wire(parsed)
 
 
@@ -83,6 +83,7 @@ def submit(
             label=label,
             tags=tags,
             owner=owner,
+            autoencoders=served.autoencoders.record(),
         )
         if hit is not None:
             session.commit()
@@ -97,6 +98,7 @@ def submit(
         label=label,
         tags=tags,
         owner=owner,
+        autoencoders=served.autoencoders.record(),
     )
     session.commit()
     publish(session, job)

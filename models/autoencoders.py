@@ -91,11 +91,15 @@ class ServedAutoencoders:
             }
         )
 
-    def key(self) -> list:
-        """What belongs to a result-cache key: name and content hash per slot."""
-        return [
-            None if ae is None else [ae.name, ae.content_hash] for ae in (self.mlp, self.attention)
-        ]
+    def record(self) -> dict | None:
+        """What a job and its runs record, and what joins the result-cache key: name and
+        content hash per slot; None when no AE is served."""
+        if not self.all():
+            return None
+        return {
+            slot: None if ae is None else {"name": ae.name, "contentHash": ae.content_hash}
+            for slot, ae in (("mlp", self.mlp), ("attention", self.attention))
+        }
 
 
 def asdict_shallow(served: ServedAutoencoders) -> dict:

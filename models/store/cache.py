@@ -42,9 +42,11 @@ def reuse_result(
     label: str | None = None,
     tags: list[str] | None = None,
     owner: str | None = None,
+    autoencoders: dict[str, Any] | None = None,
 ) -> Job | None:
     """A new ``finished`` job answering from the store, or None when nothing identical finished."""
-    source = find_cached(session, request_hash(endpoint, request, model, model_revision))
+    key = request_hash(endpoint, request, model, model_revision, autoencoders)
+    source = find_cached(session, key)
     if source is None:
         return None
     job = create_job(
@@ -56,6 +58,7 @@ def reuse_result(
         label=label,
         tags=tags,
         owner=owner,
+        autoencoders=autoencoders,
     )
     now = utcnow()
     job.status = JobStatus.FINISHED.value

@@ -52,9 +52,19 @@ def new_job_id() -> str:
     return "".join(reversed(chars))
 
 
-def request_hash(endpoint: str, request: Any, model: str, revision: str | None) -> str:
-    """sha256 of the canonical request with its endpoint, model and model revision."""
-    text = canonical_json([endpoint, model, revision, request])
+def request_hash(
+    endpoint: str,
+    request: Any,
+    model: str,
+    revision: str | None,
+    autoencoders: dict[str, Any] | None = None,
+) -> str:
+    """sha256 of the canonical request with its endpoint, model, model revision and AEs (names
+    and content hashes; left out when none are served, so older keys stay valid)."""
+    key = [endpoint, model, revision, request]
+    if autoencoders is not None:
+        key.append(autoencoders)
+    text = canonical_json(key)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -76,6 +86,7 @@ def create_job(
     label: str | None = None,
     tags: list[str] | None = None,
     owner: str | None = None,
+    autoencoders: dict[str, Any] | None = None,
 ) -> Job:
     """Add a ``queued`` job with its runs and tags (not yet committed)."""
     tags = sorted(set(tags or []))
@@ -85,9 +96,10 @@ def create_job(
         endpoint=endpoint,
         model=model,
         model_revision=model_revision,
+        autoencoders=autoencoders,
         status=JobStatus.QUEUED.value,
         request=request,
-        request_hash=request_hash(endpoint, request, model, model_revision),
+        request_hash=request_hash(endpoint, request, model, model_revision, autoencoders),
         created_at=now,
         attempts=0,
         owner=owner,
@@ -102,6 +114,7 @@ def create_job(
                 prompt_hash=info.prompt_hash,
                 model=model,
                 model_revision=model_revision,
+                autoencoders=autoencoders,
                 target_tokens=info.target_tokens,
                 distractor_tokens=info.distractor_tokens,
                 ablations=info.ablations,

@@ -101,6 +101,8 @@ class Job(Base):
     endpoint: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
     model_revision: Mapped[str | None] = mapped_column(String(100))
+    # the AEs that serve it: {"mlp": {"name", "contentHash"} | None, "attention": ...}; None: none
+    autoencoders: Mapped[dict[str, Any] | None]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     request: Mapped[dict[str, Any] | None]
     request_hash: Mapped[str] = mapped_column(String(64), index=True)
@@ -150,6 +152,7 @@ class Run(Base):
     prompt_hash: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
     model_revision: Mapped[str | None] = mapped_column(String(100))
+    autoencoders: Mapped[dict[str, Any] | None]
     target_tokens: Mapped[list[Any] | None]
     distractor_tokens: Mapped[list[Any] | None]
     ablations: Mapped[str] = mapped_column(Text, default="[]")  # canonical sorted JSON
