@@ -75,8 +75,15 @@ def check_spec(
         check_count(spec.num_tokens_attended_to, None, f"{path}.numTokensAttendedTo")
 
 
-def usable_dst(dst: DerivedScalarType, path: str) -> DstInfo:
+def usable_dst(dst: DerivedScalarType, path: str, shape: Shape | None = None) -> DstInfo:
     info = DST_INFO[dst]
+    absent = getattr(shape.meta, "absent_dsts", ()) if shape is not None else ()
+    if dst.value in absent:
+        raise RequestValidationError(
+            f"{dst.value} does not exist on {shape.meta.name} (a {shape.meta.family} model with "
+            "parallel attention and MLP has no residual between them)",
+            path=path,
+        )
     if info.autoencoder:
         raise UnsupportedError(
             f"{dst.value} needs an autoencoder, which this server does not offer", path=path
@@ -126,7 +133,7 @@ def check_backward(dst: DerivedScalarType, pass_type: PassType, path: str) -> No
 def check_derived_scalars(
     spec: DerivedScalarsRequestSpec, path: str, inference: InferenceRequestSpec, shape: Shape
 ) -> None:
-    info = usable_dst(spec.dst, f"{path}.dst")
+    info = usable_dst(spec.dst, f"{path}.dst", shape)
     if len(info.dims) != 2:
         hint = ""
         if spec.dst is DST.UNFLATTENED_ATTN_WRITE_NORM:
@@ -158,7 +165,7 @@ def check_derived_scalars(
 def check_derived_attention_scalars(
     spec: DerivedAttentionScalarsRequestSpec, path: str, shape: Shape
 ) -> None:
-    usable_dst(spec.dst, f"{path}.dst")
+    usable_dst(spec.dst, f"{path}.dst", shape)
     if spec.dst is not DST.UNFLATTENED_ATTN_WRITE_NORM:
         raise RequestValidationError(
             f"derived attention scalars are computed for unflattened_attn_write_norm only, "
@@ -220,7 +227,7 @@ def check_group(
         raise RequestValidationError("a group needs at least one DST", path=group_path)
     node_types = []
     for k, dst in enumerate(dsts):
-        info = usable_dst(dst, f"{group_path}.{k}")
+        info = usable_dst(dst, f"{group_path}.{k}", shape)
         if dst in dsts[:k]:
             raise RequestValidationError(
                 f"{dst.value} is listed twice in this group", path=f"{group_path}.{k}"

@@ -19,7 +19,8 @@ from .tracing import TracedNode
 from .view import ElementView
 
 TOKEN_WRITE_POINTS = ("mlp.post_act", "attn.qk_probs", "attn.v", "resid.post_emb")
-TOKEN_READ_POINTS = ("resid.post_attn",)
+TOKEN_READ_POINTS = ("resid.post_attn",)  # sequential blocks; parallel ones read the layer input
+PARALLEL_TOKEN_READ_POINTS = ("resid.post_emb", "resid.post_mlp")
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,15 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
                 for i, s in enumerate(cfg.distractor_tokens or ())
             ),
         )
+    parallel = model.weights.parallel
     trace = (
-        TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
+        TracedNode.from_config(spec_in.trace_config, parallel)
+        if spec_in.trace_config is not None
+        else None
     )
     element = ElementPlan(tokens=tokens, ablations=ablations, loss=loss, trace=trace)
     within = spec_in.activation_index_for_within_layer_grad
-    dst_trace = TracedNode.from_activation_index(within) if within is not None else trace
+    dst_trace = TracedNode.from_activation_index(within, parallel) if within is not None else trace
     fake = ablations[0] if len(ablations) == 1 else None
     return SubRequestPlan(
         tokens, element, dict(sub.processing_request_spec_by_name), fake, paths, dst_trace
@@ -133,7 +137,8 @@ def requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
     for plan in plans:
         for spec in plan.specs.values():
             if isinstance(spec, p.ScoredTokensRequestSpec):
-                save_forward |= _all_layers(TOKEN_WRITE_POINTS + TOKEN_READ_POINTS, n_layers)
+                read = PARALLEL_TOKEN_READ_POINTS if model.weights.parallel else TOKEN_READ_POINTS
+                save_forward |= _all_layers(TOKEN_WRITE_POINTS + read, n_layers)
             derive = derives_gradients(spec)
             for dsts in groups_of(spec).values():
                 for dst in dsts:
