@@ -19,7 +19,10 @@ A model spec is one of:
   local Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
   ``~/.cache/huggingface/hub``); actq never downloads.
 
-Only GPT-2-family checkpoints (``model_type`` ``gpt2``) are accepted.
+The families of ``models.families`` are accepted (``model_type`` ``gpt2``, ``gpt_neox``,
+``llama``, ``mistral``, ``qwen2``); anything else is a 422 naming ``model_type``. For families other
+than GPT-2 the vocabulary size V is the tokenizer's (``tokenizer.json``), which may be smaller than
+the embedding's rows (padding rows are never used).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import NotFoundError, UnsupportedError
+from models.families import family_shape, tokenizer_vocab_size
 
 TINY_GPT2_NAME = "tiny-gpt2"
 TINY_GPT2_REVISION = "tiny-gpt2-v1"
@@ -105,6 +109,10 @@ class ModelMeta:
     activation: str
     layer_norm_epsilon: float
     builtin: bool = False
+    family: str = "gpt2"
+    n_kv_heads: int = 0  # 0: = n_heads
+    absent_locations: tuple[str, ...] = ()  # hook points the family does not have
+    absent_dsts: tuple[str, ...] = ()  # derived scalars it therefore does not have
 
 
 def default_data_dir() -> Path:
@@ -206,34 +214,52 @@ def _meta_from_dir(name: str, source: str, path: Path, revision: str) -> ModelMe
 def _meta_from_config(
     config: dict, *, name: str, source: str, path: Path | None, revision: str, builtin: bool = False
 ) -> ModelMeta:
-    _check_supported(config, source)
-    d_model = int(config["n_embd"])
-    n_heads = int(config["n_head"])
+    shape = family_shape(config, source)
+    if shape.family == "gpt2":
+        _check_gpt2(config, source)
+        vocab_size = shape.config_vocab_size
+    else:
+        vocab_size = _tokenizer_vocab_size(path, source, shape.config_vocab_size)
     return ModelMeta(
         name=name,
         source=source,
         path=path,
         revision=revision,
-        n_layers=int(config["n_layer"]),
-        n_heads=n_heads,
-        d_model=d_model,
-        d_head=d_model // n_heads,
-        d_mlp=int(config.get("n_inner") or 4 * d_model),
-        n_ctx=int(config.get("n_positions") or config.get("n_ctx") or 1024),
-        vocab_size=int(config.get("vocab_size", 50257)),
-        activation=str(config.get("activation_function", "gelu_new")),
-        layer_norm_epsilon=float(config.get("layer_norm_epsilon", 1e-5)),
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        d_model=shape.d_model,
+        d_head=shape.d_head,
+        d_mlp=shape.d_mlp,
+        n_ctx=shape.n_ctx,
+        vocab_size=vocab_size,
+        activation=shape.activation,
+        layer_norm_epsilon=shape.eps,
         builtin=builtin,
+        family=shape.family,
+        n_kv_heads=shape.n_kv_heads,
+        absent_locations=shape.absent_locations,
+        absent_dsts=shape.absent_dsts,
     )
 
 
-def _check_supported(config: dict, source: str) -> None:
-    model_type = config.get("model_type")
-    if model_type != "gpt2":
+def _tokenizer_vocab_size(path: Path | None, source: str, rows: int) -> int:
+    """V from the model's tokenizer.json (families.md §1.4); refused when missing or too big."""
+    file = None if path is None else path / "tokenizer.json"
+    if file is None or not file.is_file():
         raise UnsupportedError(
-            f"model {source!r} has model_type {model_type!r}; only GPT-2-family models "
-            "(model_type 'gpt2') are supported"
+            f"model {source!r} has no tokenizer.json, which its family needs", "tokenizer.json"
         )
+    vocab_size = tokenizer_vocab_size(str(file))
+    if vocab_size > rows:
+        raise UnsupportedError(
+            f"model {source!r}: its tokenizer has {vocab_size} ids but the embedding has only "
+            f"{rows} rows",
+            "vocab_size",
+        )
+    return vocab_size
+
+
+def _check_gpt2(config: dict, source: str) -> None:
     if config.get("add_cross_attention"):
         raise UnsupportedError(f"model {source!r} has cross-attention, which is not supported")
     if config.get("scale_attn_by_inverse_layer_idx") or config.get("scale_attn_weights") is False:

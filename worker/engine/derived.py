@@ -16,7 +16,6 @@ import torch
 
 from models.errors import UnsupportedError
 
-from .families.layers import layer_norm
 from .tracing import (
     ATTN,
     END_OF_PREV_LAYER,
@@ -176,10 +175,9 @@ def _vocab_token_write_to_input_direction(v: ElementView, layer):
         )
 
     def compute():
-        lw = v.weights.layers[index.layer]
         j = index.indices[1]
-        normed = layer_norm(v.weights.W_E, lw.ln2_g, lw.ln2_b, v.weights.ln_eps)
-        return normed @ lw.w_in[:, j] + lw.b_in[j]
+        normed = v.weights.mlp_input(index.layer, v.weights.W_E)
+        return v.weights.mlp_read_scalar(index.layer, normed, j)
 
     w = v.cached("vocab_input_direction", compute)
     return w[None].expand(v.T, -1)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .autoencoders.injection import install as install_autoencoders
-from .families.gpt2 import GPT2Weights, forward
+from .families.base import ModelWeights
+from .families.decoder import forward
 from .hooks import HOOK_POINTS, Hooks, Key, overwrite
 from .losses import LossSpec
 from .tracing import (
@@ -82,7 +83,7 @@ def _memory_allocated(device: torch.device) -> float | None:
 
 
 def run_pass(
-    weights: GPT2Weights,
+    weights: ModelWeights,
     plans: list[ElementPlan],
     save_forward: set[Key],
     save_grad: set[Key],
@@ -144,7 +145,7 @@ def _finite_or_none(loss: torch.Tensor | None) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _trace_scalar(weights: GPT2Weights, plan: ElementPlan, row: int, hooks: Hooks) -> torch.Tensor:
+def _trace_scalar(weights: ModelWeights, plan: ElementPlan, row: int, hooks: Hooks) -> torch.Tensor:
     node = plan.trace
     resid = hooks.attached[node.residual_key][row]
     if node.trace_type != "V":

@@ -67,6 +67,20 @@ def load_state_dict(meta: ModelMeta, data_dir: str | Path | None = None) -> dict
     ``lm_head.weight`` is present only if the checkpoint stores it (it is tied to ``wte``
     otherwise). The built-in tiny-gpt2 is generated first if need be.
     """
+    return normalise_state_dict(load_raw_state_dict(meta, data_dir))
+
+
+def load_config(meta: ModelMeta, data_dir: str | Path | None = None) -> dict:
+    """The model's config.json as a dict (the built-in model's constant config)."""
+    if meta.builtin:
+        return dict(TINY_GPT2_CONFIG)
+    return json.loads((meta.path / "config.json").read_text(encoding="utf-8"))
+
+
+def load_raw_state_dict(
+    meta: ModelMeta, data_dir: str | Path | None = None
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint (all shards), named and typed as saved."""
     path = ensure_tiny_gpt2(data_dir) if meta.builtin else meta.path
     if path is None:
         raise NotFoundError(f"model {meta.name!r} has no local directory")
@@ -78,7 +92,7 @@ def load_state_dict(meta: ModelMeta, data_dir: str | Path | None = None) -> dict
     raw: dict[str, torch.Tensor] = {}
     for file in files:
         raw.update(_read_weights(file))
-    return normalise_state_dict(raw)
+    return raw
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:

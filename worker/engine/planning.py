@@ -28,7 +28,8 @@ TOKEN_WRITE_POINTS = (
     "online_attention_autoencoder_latent",
 )
 TOKEN_PAIR_POINTS = ("resid.delta_attn", "attn.qk_probs", "attn.v")
-TOKEN_READ_POINTS = ("resid.post_attn",)
+TOKEN_READ_POINTS = ("resid.post_attn",)  # sequential blocks; parallel ones read the layer input
+PARALLEL_TOKEN_READ_POINTS = ("resid.post_emb", "resid.post_mlp")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,11 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
                 for i, s in enumerate(cfg.distractor_tokens or ())
             ),
         )
+    parallel = model.weights.parallel
     trace = (
-        TracedNode.from_config(spec_in.trace_config) if spec_in.trace_config is not None else None
+        TracedNode.from_config(spec_in.trace_config, parallel)
+        if spec_in.trace_config is not None
+        else None
     )
     aes = getattr(model, "autoencoders", None)
     if aes is not None:
@@ -122,7 +126,7 @@ def plan_sub_request(sub: p.InferenceSubRequest, paths: Paths, model) -> SubRequ
         trace = bind_autoencoder(trace, aes)
     element = ElementPlan(tokens=tokens, ablations=ablations, loss=loss, trace=trace)
     within = spec_in.activation_index_for_within_layer_grad
-    dst_trace = TracedNode.from_activation_index(within) if within is not None else trace
+    dst_trace = TracedNode.from_activation_index(within, parallel) if within is not None else trace
     if aes is not None and within is not None:
         dst_trace = bind_autoencoder(dst_trace, aes)
     fake = ablations[0] if len(ablations) == 1 else None
@@ -148,7 +152,8 @@ def requirements(plans: list[SubRequestPlan], model) -> tuple[set, set, bool]:
     for plan in plans:
         for spec in plan.specs.values():
             if isinstance(spec, p.ScoredTokensRequestSpec):
-                save_forward |= _all_layers(TOKEN_WRITE_POINTS + TOKEN_READ_POINTS, n_layers)
+                read = PARALLEL_TOKEN_READ_POINTS if model.weights.parallel else TOKEN_READ_POINTS
+                save_forward |= _all_layers(TOKEN_WRITE_POINTS + read, n_layers)
             if isinstance(spec, p.TokenPairAttributionRequestSpec) and model.autoencoders.attention:
                 save_forward |= _all_layers(TOKEN_PAIR_POINTS, n_layers)
             derive = derives_gradients(spec)

@@ -28,7 +28,7 @@ from .autoencoders.token_scoring import (
     latent_read_projection,
     latent_write_projection,
 )
-from .families.gpt2 import GPT2Weights
+from .families.base import ModelWeights
 from .topk import Node, select_indices
 from .view import ElementView
 
@@ -82,30 +82,44 @@ def _by_content(coef: float, direction: torch.Tensor) -> Projection:
 
 
 def read_projection(view: ElementView, node: Node) -> Projection:
-    """An MLP neuron's read: ρ = Pc(γ2 ⊙ W_in[:, i]) / s2(r), r = resid.post_attn at its token (§7.4)."""
+    """An MLP neuron's read ρ = ∂ψ(N2*(r))/∂r, r = the residual its MLP reads at its token, the
+    norm's scale detached (§7.4, families.md §5.1). Ungated: ρ = P(γ2 ⊙ W_in[:, i]) / s2(r) with
+    P the LayerNorm centring (none for RMSNorm), so the direction is shared across tokens; gated:
+    the gradient of the activation, which depends on the token."""
     if node[0] != "mlp_neuron":
         return latent_read_projection(view, node)
     _, idx, layer, _ = node
-    lw = view.weights.layers[layer]
-    r = view.fwd("resid.post_attn", layer)[idx[0]]
-    c = r - r.mean()
-    scale = torch.sqrt((c * c).mean() + view.weights.ln_eps)
+    weights = view.weights
+    lw = weights.layers[layer]
+    r = view.fwd(*weights.mlp_residual_key(layer))[idx[0]]
     i = idx[-1]
+    if lw.w_up is not None:
+        return _by_content(1.0, _gated_read(weights, layer, r, i))
+    scale = weights.norm_scale(r)[0]
+    centred = weights.arch.norm == "layer_norm"
 
     def direction() -> torch.Tensor:
         u = lw.ln2_g * lw.w_in[:, i]
-        return u - u.mean()
+        return u - u.mean() if centred else u
 
     return Projection(("read", layer, i), float(1.0 / scale), direction)
 
 
-def write_scores(weights: GPT2Weights, directions: torch.Tensor) -> torch.Tensor:
+def _gated_read(weights: ModelWeights, layer: int, r: torch.Tensor, i: int) -> torch.Tensor:
+    with torch.enable_grad():
+        x = r.detach().clone().requires_grad_(True)
+        m = weights.mlp_input(layer, x, detach_scale=True)
+        (grad,) = torch.autograd.grad(weights.mlp_read_scalar(layer, m, i), x)
+    return grad
+
+
+def write_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
     """[n, V]: directions through γ_f ⊙ W_U, each minus its mean over the vocabulary."""
     scores = (directions * weights.lnf_g) @ weights.W_U
     return scores - scores.mean(dim=-1, keepdim=True)
 
 
-def read_scores(weights: GPT2Weights, directions: torch.Tensor) -> torch.Tensor:
+def read_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
     """[n, V]: directions against every token embedding (no position, no centring)."""
     return directions @ weights.W_E.T
 
@@ -155,7 +169,7 @@ def extremes(scores: torch.Tensor, t: int, excluded: torch.Tensor | None) -> Ext
 class TokenScorer:
     """Top-token lists for the nodes of one batch, scoring each distinct direction once."""
 
-    def __init__(self, weights: GPT2Weights, excluded: list[int], decode: Callable[[int], str]):
+    def __init__(self, weights: ModelWeights, excluded: list[int], decode: Callable[[int], str]):
         self.weights = weights
         self.decode = decode
         self.excluded = torch.tensor(excluded, device=weights.W_E.device) if excluded else None

@@ -10,7 +10,7 @@ import torch
 
 from models.errors import RequestValidationError
 
-from .families.gpt2 import GPT2Weights
+from .families.base import ModelWeights
 from .hooks import SEQUENCE_AXES
 from .tracing import RESID_POST_MLP, TracedNode, residual_gradient
 
@@ -20,7 +20,7 @@ class ElementView:
 
     def __init__(
         self,
-        weights: GPT2Weights,
+        weights: ModelWeights,
         hooks,
         row: int,
         length: int,

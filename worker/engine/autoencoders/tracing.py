@@ -2,7 +2,7 @@
 trace from a latent back-propagates, and the read direction of a latent for token scoring.
 
 The AE input is reconstituted from ``r`` the way the model computes it: ``mlp_post_act`` =
-``gelu(LN2*(r) W_in + b_in)``, ``resid_delta_mlp`` = the MLP block output with ``b_out``, and
+``act(N2*(r) W_in + b_in)`` (times the up projection when gated), ``resid_delta_mlp`` = the MLP block output with ``b_out``, and
 ``resid_delta_attn`` = the whole attention block output with ``b_O`` (the family's own attention
 block, run without hooks), the feeding layer norm's scale detached when the trace says so.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..families.gpt2 import attention_block
-from ..families.layers import attention_mask, gelu_new, layer_norm
+from ..families.decoder import attention_block, mlp_block
+from ..families.layers import attention_mask
 from ..hooks import Hooks
 from .model import Autoencoder
 
@@ -20,16 +20,20 @@ from .model import Autoencoder
 def ae_input(weights, ae: Autoencoder, layer: int, resid: torch.Tensor, detach_scale: bool):
     """The AE's input [T, n] recomputed from the residual [T, d] that precedes it."""
     lw = weights.layers[layer]
-    eps = weights.ln_eps
     if ae.input_dst == "resid_delta_attn":
-        a = layer_norm(resid, lw.ln1_g, lw.ln1_b, eps, detach_scale=detach_scale)
+        a = weights.attention_input(layer, resid, detach_scale)
         pad = torch.zeros(1, resid.shape[0], dtype=torch.bool, device=resid.device)
-        return attention_block(lw, layer, a[None], attention_mask(pad), Hooks())[0]
-    m = layer_norm(resid, lw.ln2_g, lw.ln2_b, eps, detach_scale=detach_scale)
-    post = gelu_new(m @ lw.w_in + lw.b_in)
-    if ae.input_dst == "mlp_post_act":
-        return post
-    return post @ lw.w_out + lw.b_out
+        positions = torch.arange(resid.shape[0], device=resid.device)[None]
+        mask = attention_mask(pad, weights.window(layer))
+        return attention_block(weights, lw, layer, a[None], mask, positions, Hooks())[0]
+    return _mlp_side_input(weights, ae, layer, weights.mlp_input(layer, resid, detach_scale))
+
+
+def _mlp_side_input(weights, ae: Autoencoder, layer: int, m: torch.Tensor) -> torch.Tensor:
+    """``mlp_post_act`` or the MLP block's output (with ``b_out``) for normalised MLP input m."""
+    hooks = Hooks(keep_attached={("mlp.post_act", layer)})  # attached: gradients flow through
+    delta = mlp_block(weights, weights.layers[layer], layer, m, hooks)
+    return hooks.attached[("mlp.post_act", layer)] if ae.input_dst == "mlp_post_act" else delta
 
 
 def latent_scalar(weights, node, resid: torch.Tensor) -> torch.Tensor:
@@ -62,12 +66,8 @@ def latent_read_direction(weights, ae: Autoencoder, layer: int, row: torch.Tenso
 
 def vocab_input_direction(weights, ae: Autoencoder, layer: int, j: int) -> torch.Tensor:
     """w[v] = encode_pre_act(input(W_E[v]))[j], the embedding row taken as the MLP layer's input."""
-    lw = weights.layers[layer]
     part = ae.layers[layer]
-    m = layer_norm(weights.W_E, lw.ln2_g, lw.ln2_b, weights.ln_eps)
-    x = gelu_new(m @ lw.w_in + lw.b_in)
-    if ae.input_dst != "mlp_post_act":
-        x = x @ lw.w_out + lw.b_out
+    x = _mlp_side_input(weights, ae, layer, weights.mlp_input(layer, weights.W_E))
     if part.subtract_pre_bias:
         x = x - part.pre_bias
     return x @ part.w_enc[j] + part.latent_bias[j]

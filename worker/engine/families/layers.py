@@ -1,4 +1,5 @@
-"""Building blocks that more than one family's forward pass uses: norms, activations, masks."""
+"""Building blocks that more than one family's forward pass uses: norms, activations, masks,
+rotary position embeddings."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..hooks import Hooks
 def layer_norm(
     x: torch.Tensor,
     gain: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     eps: float,
     hooks: Hooks | None = None,
     scale_point: tuple[str, int | None] | None = None,
@@ -28,16 +29,77 @@ def layer_norm(
         s = s.detach()
     if hooks is not None and scale_point is not None:
         s = hooks.point(scale_point[0], scale_point[1], s)
-    return c / s * gain + bias
+    out = c / s * gain
+    return out if bias is None else out + bias
+
+
+def rms_norm(
+    x: torch.Tensor,
+    gain: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    hooks: Hooks | None = None,
+    scale_point: tuple[str, int | None] | None = None,
+    detach_scale: bool = False,
+) -> torch.Tensor:
+    """RMS(x) = x / s * gain with s = sqrt(mean(x^2) + eps) (Llama's RMSNorm; no centring, no
+    bias: `bias` is accepted so both norms share one signature). s passes through its hook point."""
+    s = torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
+    if detach_scale:
+        s = s.detach()
+    if hooks is not None and scale_point is not None:
+        s = hooks.point(scale_point[0], scale_point[1], s)
+    return x / s * gain
+
+
+NORMS = {"layer_norm": layer_norm, "rms_norm": rms_norm}
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def attention_mask(pad: torch.Tensor) -> torch.Tensor:
-    """[B, q, k] True where attention is allowed: causal, and not across a pad boundary."""
+def _gelu_exact(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+# config.json's activation names -> the function (families.md §1.1)
+ACTIVATIONS = {
+    "gelu": _gelu_exact,
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": gelu_new,
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+}
+
+
+def attention_mask(pad: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[B, q, k] True where attention is allowed: causal, and not across a pad boundary; with a
+    sliding window also only where q - k < window (transformers' sliding-window mask)."""
     t = pad.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=pad.device).tril()
+    if window is not None:
+        causal = causal & ~torch.ones(t, t, dtype=torch.bool, device=pad.device).tril(-window)
     across = pad[:, :, None] ^ pad[:, None, :]
     return causal[None] & ~across
+
+
+def rotary_tables(
+    inv_freq: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [..., R] for integer `positions` [...] (HF's layout: frequencies repeated)."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on the first R = cos.shape[-1] channels of x (HF's `rotate_half`);
+    channels >= R pass unchanged (GPT-NeoX's partial rotary). cos/sin broadcast against x."""
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
