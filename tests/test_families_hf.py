@@ -44,8 +44,8 @@ def loaded(family_dirs):
 def _points(model) -> list:
     keys = []
     for name, (_, layered) in HOOK_POINTS.items():
-        if name in model.weights.arch.absent_points:
-            continue
+        if name in model.weights.arch.absent_points or "autoencoder" in name:
+            continue  # the AE points exist only where an AE is loaded
         keys += (
             [(name, layer) for layer in range(model.weights.n_layers)]
             if layered
