@@ -317,3 +317,22 @@ def test_saelens_jumprelu_flat_cfg_and_no_pre_bias_on_input(tmp_path, golden_mod
     assert torch.allclose(part.encode(x), torch.relu(pre) * (pre > 0.2))
     assert sorted(model.autoencoders.mlp.layers) == [1]
     assert read_autoencoder_info(str(tmp_path / "jump")).layers == (1,)
+
+
+def test_activation_residual_grad_latents_need_a_trace(both):
+    from models.errors import RequestValidationError
+
+    request = ds("online_mlp_autoencoder_write_to_final_activation_residual_grad", 1, 126)
+    with pytest.raises(RequestValidationError) as raised:
+        engine.run("derived_scalars", request, both)
+    assert raised.value.path == "derivedScalarsRequestSpec.dst"
+    backward = ds("online_mlp_autoencoder_latent", 1, 126)
+    backward["derivedScalarsRequestSpec"]["passType"] = "backward"
+    backward["inferenceRequestSpec"]["lossFnConfig"] = {
+        "name": "logit_diff",
+        "targetTokens": [" Germany"],
+        "distractorTokens": [" France"],
+    }
+    with pytest.raises(RequestValidationError) as raised:
+        engine.run("derived_scalars", backward, both)
+    assert raised.value.path == "derivedScalarsRequestSpec.passType"
