@@ -55,6 +55,13 @@ def _token(tokens: list[str], position: Any) -> str:
     return ""
 
 
+_LATENT_PREFIX = {
+    "mlp_autoencoder_latent": "MLP-AE",
+    "attention_autoencoder_latent": "attn-AE",
+    "autoencoder_latent": "AE",
+}
+
+
 def node_label(node: dict[str, Any], tokens: list[str]) -> str:
     """A short human name: ``attn L1 H0 @14 ' Germany' <- 0 'Paris'``, ``MLP L0 n173 @2 ' the'``."""
     kind = node.get("nodeType")
@@ -68,6 +75,8 @@ def node_label(node: dict[str, Any], tokens: list[str]) -> str:
     if kind == "attention_head" and len(idx) >= 3:
         key = idx[1]
         return f"attn L{layer} H{idx[-1]} @{first}{_token(tokens, first)} <- {key}{_token(tokens, key)}"
+    if kind in _LATENT_PREFIX and len(idx) >= 2:  # e.g. MLP-AE L1 #126 @14 ' France'
+        return f"{_LATENT_PREFIX[kind]} L{layer} #{idx[-1]} @{first}{_token(tokens, first)}"
     if kind == "vocab_token" and idx:
         return f"token {idx[-1]} @{first}"
     return f"{kind} L{layer} {idx}"

@@ -345,3 +345,13 @@ def test_clean_twin_is_the_run_alone_without_ablations():
         twin["inferenceSubRequests"][0]["processingRequestSpecByName"]
         == batched["request"]["inferenceSubRequests"][1]["processingRequestSpecByName"]
     )
+
+
+def test_latent_nodes_are_named_readably():
+    from api.comparison_tables import node_label
+
+    tokens = ["Paris"] + [" x"] * 13 + [" France"]
+    node = {"nodeType": "mlp_autoencoder_latent", "tensorIndices": [14, 126], "layerIndex": 1}
+    assert node_label(node, tokens) == "MLP-AE L1 #126 @14 ' France'"
+    node = {"nodeType": "attention_autoencoder_latent", "tensorIndices": [0, 3], "layerIndex": 2}
+    assert node_label(node, tokens) == "attn-AE L2 #3 @0 'Paris'"

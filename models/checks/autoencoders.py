@@ -172,6 +172,15 @@ def check_ae_dst_use(dst, layer, layer_path, pass_type, pass_path, inference, pa
         raise RequestValidationError(
             f"{dst.value} has no backward values in TDB: passType must be forward", path=pass_path
         )
+    if "final_activation_residual_grad" in dst.value:
+        trace = inference.trace_config
+        within = inference.activation_index_for_within_layer_grad
+        through_v = trace is not None and getattr(trace.attention_trace_type, "value", None) == "V"
+        if within is None and (trace is None or through_v):
+            raise RequestValidationError(
+                f"{dst.value} needs a trace config that is not a V trace (TDB fails without one)",
+                path=path,
+            )
     if dst in WITHIN_LAYER_LATENT_DSTS:
         index = inference.activation_index_for_within_layer_grad
         if index is None or index.activation_location_type.value != "online_autoencoder_latent":

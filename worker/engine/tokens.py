@@ -221,7 +221,13 @@ class TokenScorer:
         return torch.stack([coef * top[0], coef * bottom[0]]), torch.stack([top[1], bottom[1]])
 
     def _zero_row_ids(self, t: int) -> torch.Tensor:
-        """An all-zero row ties everywhere: the t smallest ids that are not excluded."""
+        """An all-zero row ties everywhere: the t smallest ids that are not excluded (cached:
+        inactive latents make many zero rows)."""
+        if t not in self._zero_rows:
+            self._zero_rows[t] = self._first_allowed_ids(t)
+        return self._zero_rows[t]
+
+    def _first_allowed_ids(self, t: int) -> torch.Tensor:
         allowed = torch.ones(
             self.weights.W_E.shape[0], dtype=torch.bool, device=self.weights.W_E.device
         )

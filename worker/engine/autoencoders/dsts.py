@@ -64,7 +64,10 @@ def _write_to_grad(kind, activation: bool):
         g, lg, loc_g = v.activation_direction() if activation else v.direction()
         if not gate(layer, MLP if ae.kind == "mlp" else ATTN, lg, loc_g):
             return torch.zeros_like(z)
-        return z * (g @ ae.write_vectors(layer, _w_out(v, layer)).T)
+        rows = torch.nonzero(g.any(dim=-1)).flatten()  # a loss direction is 0 but at one token
+        out = torch.zeros_like(z)
+        out[rows] = z[rows] * ae.project_on_writes(layer, g[rows], _w_out(v, layer))
+        return out
 
     return fn
 

@@ -133,8 +133,28 @@ class Autoencoder:
             self._write_cache[layer] = rows.contiguous()
         return self._write_cache[layer]
 
+    def write_vector(self, layer: int, j: int, w_out: torch.Tensor | None) -> torch.Tensor:
+        """W_write[j] alone ([d]), without building the whole [m, d] matrix."""
+        row = self.layers[layer].w_dec[:, j]
+        return row @ w_out if self.input_dst == "mlp_post_act" else row
+
     def write_norms(self, layer: int, w_out: torch.Tensor | None) -> torch.Tensor:
+        """‖W_write[j]‖ for every latent ([m]), computed once in chunks and cached (only the
+        norms are kept: the [m, d] write matrix of a 32k-latent MLP AE is 100 MB a layer)."""
         key = ("norm", layer)
         if key not in self._write_cache:
-            self._write_cache[key] = self.write_vectors(layer, w_out).norm(dim=-1)
+            w_dec = self.layers[layer].w_dec
+            parts = []
+            for start in range(0, w_dec.shape[1], 4096):
+                rows = w_dec[:, start : start + 4096].T
+                if self.input_dst == "mlp_post_act":
+                    rows = rows @ w_out
+                parts.append(rows.norm(dim=-1))
+            self._write_cache[key] = torch.cat(parts)
         return self._write_cache[key]
+
+    def project_on_writes(self, layer: int, g: torch.Tensor, w_out: torch.Tensor | None):
+        """g [T, d] against every latent's write: [T, m] = g W_writeᵀ, as (g W_outᵀ) W_dec."""
+        if self.input_dst == "mlp_post_act":
+            g = g @ w_out.T
+        return g @ self.layers[layer].w_dec

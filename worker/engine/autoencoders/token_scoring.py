@@ -33,7 +33,7 @@ def latent_write_projection(view, node, path: str | None = None):
     coef = float(view.fwd(ae.latent_point, layer)[t, j])
     w_out = view.weights.layers[layer].w_out
     return Projection(
-        ("ae-write", ae.name, layer, j), coef, lambda: ae.write_vectors(layer, w_out)[j]
+        ("ae-write", ae.name, layer, j), coef, lambda: ae.write_vector(layer, j, w_out)
     )
 
 
