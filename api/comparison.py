@@ -52,6 +52,7 @@ class RunSide:
     label: str | None = None
     tags: tuple[str, ...] = ()
     created_at: str | None = None
+    family: str | None = None  # the model's family, when known
 
 
 def sub_request(endpoint: str, request: dict[str, Any] | None, index: int) -> dict | None:
@@ -258,6 +259,7 @@ def _header(side: RunSide) -> dict[str, Any]:
         "page": f"/runs/{job_id}/{index or 0}",
         "endpoint": side.endpoint,
         "model": side.model,
+        "family": side.family,
         "status": side.status,
         "label": side.label,
         "tags": list(side.tags),

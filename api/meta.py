@@ -34,6 +34,8 @@ def models():
             d_mlp=m.meta.d_mlp,
             n_ctx=m.meta.n_ctx,
             vocab_size=m.meta.vocab_size,
+            family=m.meta.family,
+            n_kv_heads=m.meta.n_kv_heads or m.meta.n_heads,
         )
         for i, m in enumerate(served.all())
     ]

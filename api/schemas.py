@@ -106,6 +106,8 @@ class ModelView(ApiModel):
     d_mlp: int
     n_ctx: int
     vocab_size: int
+    family: str = Field("gpt2", description="config.json's model_type: gpt2, gpt_neox, llama, ...")
+    n_kv_heads: int | None = None
 
 
 class ModelList(ApiModel):
