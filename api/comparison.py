@@ -53,6 +53,7 @@ class RunSide:
     tags: tuple[str, ...] = ()
     created_at: str | None = None
     autoencoders: dict[str, Any] | None = None  # the AEs that served it (name, content hash)
+    family: str | None = None  # the model's family, when known
 
 
 def sub_request(endpoint: str, request: dict[str, Any] | None, index: int) -> dict | None:
@@ -261,6 +262,7 @@ def _header(side: RunSide) -> dict[str, Any]:
         "page": f"/runs/{job_id}/{index or 0}",
         "endpoint": side.endpoint,
         "model": side.model,
+        "family": side.family,
         "status": side.status,
         "label": side.label,
         "tags": list(side.tags),

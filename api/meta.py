@@ -46,6 +46,8 @@ def models():
                 )
                 for ae in m.autoencoders.all()
             ],
+            family=m.meta.family,
+            n_kv_heads=m.meta.n_kv_heads or m.meta.n_heads,
         )
         for i, m in enumerate(served.all())
     ]

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from api.comparison import RunSide, run_side, sub_request
 from api.schemas import ApiModel
+from api.served import family_of
 from models.store.jobs import response_bytes
 from models.store.run_keys import ablation_keys
 from models.store.tables import Run
@@ -29,6 +30,7 @@ class RunView(ApiModel):
     status: str = Field(description="the status of the run's job")
     model: str
     model_revision: str | None = None
+    family: str | None = Field(None, description="the model's family, when it is served here")
     prompt: str
     target_tokens: list[str] | None = None
     distractor_tokens: list[str] | None = None
@@ -83,6 +85,7 @@ def run_view(run: Run, cls: type[RunView] = RunView, **extra: Any) -> RunView:
         status=job.status,
         model=run.model,
         model_revision=run.model_revision,
+        family=family_of(run.model),
         prompt=run.prompt,
         target_tokens=run.target_tokens,
         distractor_tokens=run.distractor_tokens,
@@ -128,6 +131,7 @@ def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
         status=job.status,
         label=run.label,
         tags=tuple(run.tags or ()),
+        family=family_of(run.model),
         created_at=run.created_at.isoformat() if run.created_at else None,
         autoencoders=run.autoencoders,
     )

@@ -119,6 +119,8 @@ class ModelView(ApiModel):
     autoencoders: list[AutoencoderView] = Field(
         default_factory=list, description="the sparse autoencoders served with this model"
     )
+    family: str = Field("gpt2", description="config.json's model_type: gpt2, gpt_neox, llama, ...")
+    n_kv_heads: int | None = None
 
 
 class ModelList(ApiModel):

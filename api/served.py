@@ -99,3 +99,15 @@ def init_app(app: Flask) -> None:
 
 def served_models() -> ServedModels:
     return current_app.extensions["actq.models"]
+
+
+def family_of(model_name: str) -> str | None:
+    """The family (config.json's model_type) of a served model, or None when it is not served
+    here (a run stored by another server) or outside a request."""
+    try:
+        served = served_models()
+        served._load_all()
+        entry = served._by_name.get(model_name)
+    except RuntimeError:  # no application context
+        return None
+    return None if entry is None else entry.meta.family

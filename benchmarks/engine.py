@@ -1,15 +1,21 @@
 """Engine timing and memory against the plain Hugging Face forward+backward floor.
 
-Builds a gpt2-small-sized random model (12 layers, d_model 768; GPT2Config, no download) in a
-temporary directory, then for 20 and 60 prompt tokens prints, per request kind:
+Builds a random model (no download) in a temporary directory: `--family gpt2` (default) a
+gpt2-small-sized one (12 layers, d_model 768; GPT2Config), `--family llama` a Llama-shaped one of
+about 128M parameters (12 layers, d 768, 12 query heads in 4 K/V groups, gated SiLU MLP of 2560,
+RMSNorm, rotary, tied embeddings), `--family neox` a Pythia-160M-shaped one (12 layers, d 768,
+parallel residual, partial rotary 0.25, MLP 3072, 50304-row untied unembedding); the last two use
+GPT-2's vocabulary through a tokenizer.json. Then for 20 and 60 prompt tokens it prints, per
+request kind:
   * the engine's time per request (min / median / max of 5 after one warm-up),
-  * the plain HF GPT2LMHeadModel forward+backward time of the same batch in the same process,
+  * the plain HF model's (AutoModelForCausalLM) forward+backward time of the same batch in the same process,
   * the ratio engine / floor, and against the stricter floor of the same pass with the weights
     frozen (gradients for activations only, as actq computes them),
   * peak resident memory while serving, against the memory of the loaded model alone.
 Each (kind, length) runs in its own subprocess so that peak-memory readings do not mix.
 
-    python benchmarks/engine.py [--tokens 20 60] [--repeats 5] [--device cpu|cuda]
+    python benchmarks/engine.py [--family gpt2|llama|neox] [--tokens 20 60] [--repeats 5]
+                                [--device cpu|cuda] [--kinds batched_tdb ...]
 """
 
 from __future__ import annotations
@@ -30,18 +36,64 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build_model(directory: Path) -> None:
+def build_model(directory: Path, family: str = "gpt2") -> None:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import transformers
 
     from models.tokenizer import builtin_vocab_files
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
-    GPT2LMHeadModel(config).save_pretrained(directory)
+    if family != "gpt2":
+        from tests.family_models import gpt2_tokenizer
+
+        config = FAMILY_CONFIGS[family]()
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+        gpt2_tokenizer().save(str(directory / "tokenizer.json"))
+        return
+    config = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
     vocab, merges = builtin_vocab_files()
     (directory / "vocab.json").write_bytes(Path(vocab).read_bytes())
     (directory / "merges.txt").write_bytes(Path(merges).read_bytes())
+
+
+def _llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=50257,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        intermediate_size=2560,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+
+
+def _neox_config():
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+    )
+
+
+FAMILY_CONFIGS = {"llama": _llama_config, "neox": _neox_config}
+MODEL_NAMES = {
+    "gpt2": "gpt2-small-sized",
+    "llama": "Llama-shaped (~128M)",
+    "neox": "Pythia-160M-shaped",
+}
 
 
 def prompt_of(tokenizer, n: int) -> str:
@@ -144,7 +196,7 @@ class PeakRss:
 
 def touch_weights(weights) -> None:
     """Read every weight once, so lazily mapped pages count as loaded before serving starts."""
-    tensors = [weights.W_E, weights.W_P] + [
+    tensors = [t for t in (weights.W_E, weights.W_P, weights.W_U_) if t is not None] + [
         v for lw in weights.layers for v in vars(lw).values() if hasattr(v, "sum")
     ]
     for t in tensors:
@@ -159,7 +211,7 @@ def hf_forward_backward(hf, tokens, repeats: int, device: str, embeds: bool = Fa
     for i in range(repeats + 1):
         start = time.perf_counter()
         if embeds:  # weights frozen: the gradient starts at the input embeddings
-            x = hf.transformer.wte(tokens).detach().requires_grad_(True)
+            x = hf.get_input_embeddings()(tokens).detach().requires_grad_(True)
             logits = hf(inputs_embeds=x).logits
         else:
             logits = hf(tokens).logits
@@ -174,7 +226,7 @@ def hf_forward_backward(hf, tokens, repeats: int, device: str, embeds: bool = Fa
 
 def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str) -> dict:
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     from worker.engine import load_model, run
 
@@ -185,9 +237,9 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     touch_weights(model.weights)
     gc.collect()
     loaded = rss_bytes()
+    w = model.weights
     param_bytes = 4 * (
-        model.weights.W_E.numel()
-        + model.weights.W_P.numel()
+        sum(t.numel() for t in (w.W_E, w.W_P, w.W_U_) if t is not None)
         + sum(
             sum(v.numel() for v in vars(lw).values() if hasattr(v, "numel"))
             for lw in model.weights.layers
@@ -207,7 +259,7 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     peak = rss.peak
     json_bytes = len(json.dumps(response, separators=(",", ":")).encode())
     del model
-    hf = GPT2LMHeadModel.from_pretrained(model_dir).to(device)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     tokens = torch.randint(0, 50000, (batch, n_tokens), device=device)
     floor = hf_forward_backward(hf, tokens, repeats, device)
     for p in hf.parameters():  # the stricter floor: gradients for activations only, like actq
@@ -235,6 +287,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--family", choices=list(MODEL_NAMES), default="gpt2")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -242,9 +295,12 @@ def main() -> None:
         print(json.dumps(measure(model_dir, kind, int(n), args.repeats, args.device)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "gpt2-small-random"
-        build_model(model_dir)
-        print(f"gpt2-small-sized random model, device {args.device}, {os.cpu_count()} CPU threads")
+        model_dir = Path(tmp) / f"{args.family}-random"
+        build_model(model_dir, args.family)
+        print(
+            f"{MODEL_NAMES[args.family]} random model, device {args.device}, "
+            f"{os.cpu_count()} CPU threads"
+        )
         header = f"{'request':32} {'tokens':>6} {'min':>7} {'median':>7} {'max':>7} {'HF f+b':>7} {'ratio':>6} {'model MB':>9} {'loaded':>7} {'peak':>7} {'peak/loaded':>11} {'JSON KB':>8}"
         print(header)
         for kind in args.kinds:
