@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=5000, gt=0)  # topAndBottomK, numTopTokens, numTokens, ...
     max_sub_requests: int = Field(default=64, gt=0)  # per batched / batched_tdb request
     max_specs_per_sub_request: int = Field(default=64, gt=0)  # processingRequestSpecByName
+    # Bounded parsing (models.checks.json_shape): the raw JSON's shape, before the wire models.
+    max_json_depth: int = Field(default=32, gt=0)
+    max_json_items_per_container: int = Field(default=10_000, gt=0)
+    max_json_items: int = Field(default=200_000, gt=0)
     max_tags: int = Field(default=20, ge=0)
     max_tag_chars: int = Field(default=100, gt=0)
     max_label_chars: int = Field(default=200, gt=0)
