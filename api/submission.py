@@ -28,6 +28,7 @@ from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
 from models.checks import validate_request
+from models.checks.cost import check_cost, estimate_cost
 from models.checks.json_shape import check_json_shape
 from models.errors import NotFoundError
 from models.store.cache import reuse_result
@@ -83,6 +84,9 @@ def parse_and_validate(endpoint: str, body: bytes | bytearray, model_name: str |
     parsed = parse_request(endpoint, body)
     limits.check_request(parsed, served.tokenizer, limits.limits())
     validate_request(endpoint, parsed, served.meta, served.tokenizer)
+    settings = limits.limits()
+    cost = estimate_cost(endpoint, parsed, served.meta, served.tokenizer)
+    check_cost(cost, settings.max_response_bytes, settings.max_job_memory_bytes)
     return served, to_wire(parsed)
 
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=5000, gt=0)  # topAndBottomK, numTopTokens, numTokens, ...
     max_sub_requests: int = Field(default=64, gt=0)  # per batched / batched_tdb request
     max_specs_per_sub_request: int = Field(default=64, gt=0)  # processingRequestSpecByName
+    # Cost bounds (models.checks.cost): a request's estimated response size and worker memory.
+    max_response_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_job_memory_bytes: int = Field(default=8 * 1024 * 1024 * 1024, gt=0)
     # Bounded parsing (models.checks.json_shape): the raw JSON's shape, before the wire models.
     max_json_depth: int = Field(default=32, gt=0)
     max_json_items_per_container: int = Field(default=10_000, gt=0)
