@@ -16,6 +16,7 @@ from models.wire.shapes import DST_INFO
 from .attention_scalars import token_attention_scalars
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
+from .stopping import check_stop
 from .tokens import TokenScorer, read_projection, write_projection
 from .topk import Node, group_values, intermediate_sum, tensor_nd
 
@@ -35,6 +36,7 @@ def sub_response(
 ) -> dict:
     data = {}
     for name, spec in plan.specs.items():
+        check_stop()  # between processing specs (worker.engine.stopping)
         path = plan.paths.specs[name]
         data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, scorer, path)
     return {
