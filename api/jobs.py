@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from api.database import get_session
 from api.schemas import JobList, accepted, job_view
-from api.submission import submit, wait_cap, wait_for
+from api.submission import request_body, submit, wait_cap, wait_for
 from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.store.jobs import JobFilter, get_job, list_jobs, response_bytes
 from models.store.lifecycle import ENDPOINTS, JobStatus
@@ -104,7 +104,7 @@ def submit_job(endpoint: str):
     if endpoint not in ENDPOINTS:
         raise NotFoundError(f"unknown endpoint {endpoint!r}; expected one of {list(ENDPOINTS)}")
     wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
-    job = submit(endpoint, request.get_data(), request.args.get("model"), job_label(), job_tags())
+    job = submit(endpoint, request_body(), request.args.get("model"), job_label(), job_tags())
     if wait > 0:
         job = wait_for(job.id, wait) or job
         if JobStatus(job.status).is_final:

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import current_app
 
+from models.checks.json_shape import ShapeLimits
 from models.errors import RequestValidationError
 from models.settings import Settings
 from models.wire.protocol import WireModel
@@ -36,6 +37,16 @@ SPEC_MAP_FIELDS = frozenset({"processing_request_spec_by_name"})
 
 def limits() -> Settings:
     return current_app.config["ACTQ_SETTINGS"]
+
+
+def shape_limits(settings: Settings) -> ShapeLimits:
+    """The limits on the raw JSON's shape (``models.checks.json_shape``)."""
+    return ShapeLimits(
+        max_depth=settings.max_json_depth,
+        max_items_per_container=settings.max_json_items_per_container,
+        max_items=settings.max_json_items,
+        max_sub_requests=settings.max_sub_requests,
+    )
 
 
 def check_metadata(label: str | None, tags: list[str], settings: Settings) -> None:

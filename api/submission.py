@@ -28,6 +28,8 @@ from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
 from models.checks import validate_request
+from models.checks.cost import check_cost, estimate_cost
+from models.checks.json_shape import check_json_shape
 from models.errors import NotFoundError
 from models.store.cache import reuse_result
 from models.store.jobs import create_job, get_job
@@ -38,6 +40,7 @@ from models.wire.protocol import parse_request, to_wire
 
 log = logging.getLogger(__name__)
 
+READ_CHUNK_BYTES = 1024 * 1024  # one read of a request body
 POLL_CAP_SECONDS = 0.02  # longest pause between two looks at a waited-for job (no Redis)
 ANNOUNCED_LOOK_SECONDS = 0.5  # with Redis: look at least this often, announced or not
 
@@ -47,22 +50,49 @@ def check_metadata(label: str | None, tags: list[str]) -> None:
     limits.check_metadata(label, tags, limits.limits())
 
 
-def parse_and_validate(endpoint: str, body: bytes, model_name: str | None):
+def request_body() -> bytes | bytearray:
+    """The request's body, read into one buffer of its declared length.
+
+    Flask's ``get_data`` (and gunicorn's reader under one large read) gathers the stream in
+    chunks and joins them, holding the body twice at its peak; a 30 MB body then costs 60 MB
+    before the shape check can refuse it. Reads of at most ``READ_CHUNK_BYTES`` into one buffer
+    hold it once."""
+    length = http_request.content_length
+    if not length:
+        return http_request.get_data()
+    buffer = bytearray(length)
+    view, filled = memoryview(buffer), 0
+    while filled < length:
+        got = http_request.stream.readinto(view[filled : filled + READ_CHUNK_BYTES])
+        if not got:
+            break
+        filled += got
+    view.release()
+    if filled < length:
+        del buffer[filled:]
+    return buffer
+
+
+def parse_and_validate(endpoint: str, body: bytes | bytearray, model_name: str | None):
     """(served model, request in wire form) for a body, or an ActqError naming the field."""
     if endpoint not in ENDPOINTS:
         raise NotFoundError(f"unknown endpoint {endpoint!r}; expected one of {list(ENDPOINTS)}")
     served = served_models().get(model_name)
     if endpoint == "model_info":
         return served, None
+    check_json_shape(body, limits.shape_limits(limits.limits()))
     parsed = parse_request(endpoint, body)
     limits.check_request(parsed, served.tokenizer, limits.limits())
     validate_request(endpoint, parsed, served.meta, served.tokenizer, served.autoencoders)
+    settings = limits.limits()
+    cost = estimate_cost(endpoint, parsed, served.meta, served.tokenizer)
+    check_cost(cost, settings.max_response_bytes, settings.max_job_memory_bytes)
     return served, to_wire(parsed)
 
 
 def submit(
     endpoint: str,
-    body: bytes,
+    body: bytes | bytearray,
     model_name: str | None = None,
     label: str | None = None,
     tags: list[str] | None = None,

@@ -14,7 +14,7 @@ import re
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from api.jobs import result_response
-from api.submission import submit, wait_for
+from api.submission import request_body, submit, wait_for
 from models.errors import ActqError
 from models.store.lifecycle import ENDPOINTS, JobStatus
 
@@ -50,7 +50,7 @@ def _stored_error(job) -> Response:
 
 def _serve(endpoint: str) -> Response:
     try:
-        job = submit(endpoint, request.get_data(), request.args.get("model"))
+        job = submit(endpoint, request_body(), request.args.get("model"))
     except ActqError as error:
         return tdb_error(error)
     job = wait_for(job.id, current_app.config["ACTQ_SETTINGS"].tdb_wait_seconds) or job

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=5000, gt=0)  # topAndBottomK, numTopTokens, numTokens, ...
     max_sub_requests: int = Field(default=64, gt=0)  # per batched / batched_tdb request
     max_specs_per_sub_request: int = Field(default=64, gt=0)  # processingRequestSpecByName
+    # Cost bounds (models.checks.cost): a request's estimated response size and worker memory.
+    max_response_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_job_memory_bytes: int = Field(default=8 * 1024 * 1024 * 1024, gt=0)
+    # The worker's guard on a running job's allocations (worker.watch); 0 turns it off.
+    job_memory_guard_bytes: int | None = Field(default=None, ge=0)  # default: 2 x the above
+    # Bounded parsing (models.checks.json_shape): the raw JSON's shape, before the wire models.
+    max_json_depth: int = Field(default=32, gt=0)
+    max_json_items_per_container: int = Field(default=10_000, gt=0)
+    max_json_items: int = Field(default=200_000, gt=0)
     max_tags: int = Field(default=20, ge=0)
     max_tag_chars: int = Field(default=100, gt=0)
     max_label_chars: int = Field(default=200, gt=0)
@@ -99,6 +108,12 @@ class Settings(BaseSettings):
         if self.visibility_timeout_seconds is not None:
             return self.visibility_timeout_seconds
         return max(1, math.ceil(self.lease_seconds))
+
+    def job_memory_guard(self) -> int | None:
+        """Bytes a running job may allocate beyond what its worker holds; None: no guard."""
+        if self.job_memory_guard_bytes is not None:
+            return self.job_memory_guard_bytes or None
+        return 2 * self.max_job_memory_bytes
 
     def soft_time_limit(self) -> float | None:
         """Seconds of engine time after which a job is interrupted and fails with ``timeout``."""

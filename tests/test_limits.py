@@ -79,7 +79,10 @@ def test_body_over_the_limit_is_413(limited):
 def test_too_many_sub_requests(limited):
     request = _edited(TDB, lambda r: r["subRequests"].append(r["subRequests"][0]))
     error = _refused(limited, "batched_tdb", request, 422, "subRequests")
-    assert "3 sub-requests" in error["message"] and "ACTQ_MAX_SUB_REQUESTS" in error["message"]
+    assert (
+        "more than 2 sub-requests" in error["message"]
+        and "ACTQ_MAX_SUB_REQUESTS" in error["message"]
+    )
     request = _edited(
         BATCHED, lambda r: r["inferenceSubRequests"].extend(r["inferenceSubRequests"][:2])
     )

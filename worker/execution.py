@@ -25,7 +25,9 @@ from models.store import jobs as store
 from models.store import recovery
 from models.store.runs import run_losses
 from models.wire.encoding import dumps
+from worker.engine.stopping import check_stop, stop_when
 from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
+from worker.watch import CancelWatch, is_exhaustion, memory_guard
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,15 @@ def error_record(error: BaseException) -> dict[str, Any]:
     """The error as stored on the job: the user's view plus, for bugs, the traceback."""
     if isinstance(error, SoftTimeLimit):
         return recovery.timeout_error(error.args[0] if error.args else None, hard=False)
+    if is_exhaustion(error):
+        return {
+            "type": "resource_exhausted",
+            "message": "the job ran out of memory (ACTQ_JOB_MEMORY_GUARD_BYTES, or the "
+            f"device's memory): {type(error).__name__}: {str(error)[:300]}; ask for less "
+            "(fewer sub-requests, a smaller k or fewer scored tokens)",
+            "path": None,
+            "status": 422,
+        }
     if isinstance(error, ActqError):
         return {
             "type": error.type,
@@ -106,17 +117,49 @@ def error_record(error: BaseException) -> dict[str, Any]:
     }
 
 
-def run_engine(runner: Runner, endpoint: str, request: Any, model: Any, limit: float | None = None):
-    """(response text, losses, engine seconds) or (error record, None, seconds)."""
+def run_engine(
+    runner: Runner,
+    endpoint: str,
+    request: Any,
+    model: Any,
+    limit: float | None = None,
+    memory: int | None = None,
+    stop_check: Callable[[], None] | None = None,
+):
+    """(response text, losses, engine seconds) or (error record, None, seconds).
+
+    The engine runs under the soft time limit, the memory guard (``memory`` bytes beyond what
+    the process holds, ``worker.watch``) and ``stop_check`` (called at the engine's boundaries;
+    it raises to stop). A failed run's tensors are freed before this returns."""
     start = time.perf_counter()
     try:
-        with soft_time_limit(limit):
+        with soft_time_limit(limit), memory_guard(memory), stop_when(stop_check or _go_on):
             response = runner(endpoint, request, model)
-        text = dumps(response)
+            text = dumps(response)
         return text, run_losses(endpoint, response), time.perf_counter() - start
     except Exception as error:
         log.info("Engine refused or failed: %s", error)
-        return error_record(error), None, time.perf_counter() - start
+        record = error_record(error)
+    release_memory()  # the traceback that held the pass's tensors is gone with ``error``
+    return record, None, time.perf_counter() - start
+
+
+def _go_on() -> None:
+    return None
+
+
+def release_memory() -> None:
+    """Give back what a stopped or failed pass held (Python's cycles, the CUDA cache)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # no torch, or no device: nothing cached
+        pass
 
 
 def with_db_retry(fn: Callable[[], Any], patience: float = STORE_PATIENCE_SECONDS) -> Any:
@@ -206,8 +249,9 @@ def execute_job(
             return stopped
         delay = limits.delay_for(job.tags)
         runner = _delayed(runner, delay) if delay else runner
+        watch = CancelWatch(lambda: _cancel_asked(sessions, job_id, job.attempt))
         outcome, losses, seconds = _compute(
-            job.endpoint, job.request, job.model, model, runner, limits.soft_time_limit
+            job.endpoint, job.request, job.model, model, runner, limits, watch
         )
         stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
         if stopped:
@@ -225,7 +269,10 @@ def _delayed(runner: Runner | None, seconds: float) -> Runner:
     """The runner after a pause (``ACTQ_DEBUG_DELAYS``: rehearsing a slow job)."""
 
     def run(endpoint: str, request: Any, model: Any) -> dict:
-        time.sleep(seconds)
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:  # a slow engine: it stops when asked to
+            check_stop()
+            time.sleep(min(left, 0.05))
         if runner is None:
             from worker.engine import run as engine_run
 
@@ -235,7 +282,12 @@ def _delayed(runner: Runner | None, seconds: float) -> Runner:
     return run
 
 
-def _compute(endpoint, request, model_name, model, runner, limit: float | None = None):
+def _cancel_asked(sessions, job_id: str, attempt: int) -> bool:
+    with sessions() as session:
+        return recovery.cancel_requested(session, job_id, attempt)
+
+
+def _compute(endpoint, request, model_name, model, runner, limits: JobLimits, watch=None):
     try:
         loaded = model()
     except Exception as error:
@@ -253,4 +305,6 @@ def _compute(endpoint, request, model_name, model, runner, limit: float | None =
         )
     if runner is None:
         from worker.engine import run as runner
-    return run_engine(runner, endpoint, request, loaded, limit)
+    return run_engine(
+        runner, endpoint, request, loaded, limits.soft_time_limit, limits.memory_guard_bytes, watch
+    )

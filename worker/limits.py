@@ -28,6 +28,7 @@ class JobLimits:
     soft_time_limit: float | None = None
     store_patience: float = STORE_PATIENCE_SECONDS
     debug_delays: bool = False  # ACTQ_DEBUG_DELAYS: honour ``debug-delay=SECONDS`` tags
+    memory_guard_bytes: int | None = None  # a job's allocations beyond the loaded model
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimits:
@@ -38,6 +39,7 @@ class JobLimits:
             soft_time_limit=settings.soft_time_limit(),
             store_patience=settings.lease_seconds,
             debug_delays=settings.debug_delays,
+            memory_guard_bytes=settings.job_memory_guard(),
         )
 
     def delay_for(self, tags: list[str]) -> float:

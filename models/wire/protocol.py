@@ -239,7 +239,7 @@ RESPONSE_MODELS: dict[str, type[WireModel]] = {
 }
 
 
-def parse_request(endpoint: str, body: bytes | str | dict) -> WireModel:
+def parse_request(endpoint: str, body: bytes | bytearray | str | dict) -> WireModel:
     """Parse a request body (raw JSON or an already decoded dict) with the endpoint's model.
 
     Raises NotFoundError for an unknown endpoint and RequestValidationError (422) naming the first
@@ -253,10 +253,10 @@ def parse_request(endpoint: str, body: bytes | str | dict) -> WireModel:
     return parse_as(model, body)
 
 
-def parse_as(model: type[WireModel], body: bytes | str | dict) -> WireModel:
+def parse_as(model: type[WireModel], body: bytes | bytearray | str | dict) -> WireModel:
     """Parse ``body`` as ``model``, turning pydantic's errors into a RequestValidationError."""
     try:
-        if isinstance(body, bytes | str):
+        if isinstance(body, bytes | bytearray | str):
             return model.model_validate_json(body)
         return model.model_validate(body)
     except ValidationError as error:

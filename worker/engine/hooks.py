@@ -26,6 +26,8 @@ import torch
 
 from models.errors import RequestValidationError
 
+from .stopping import backward_check, check_stop, stopping_enabled
+
 # name -> (per-sequence shape, layered).  Shapes name the axes; B (batch) is always first.
 HOOK_POINTS: dict[str, tuple[str, bool]] = {
     "resid.post_emb": ("[pos, d_model]", False),
@@ -96,12 +98,15 @@ class Hooks:
         self.backward.setdefault(key, []).append(fn)
 
     def point(self, name: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+        check_stop()  # a canceled job stops here, between layers (worker.engine.stopping)
         key = (name, layer)
         for fn in self.forward.get(key, ()):
             x = fn(x)
         if key in self.save_forward:
             self.saved[key] = x.detach()
         if x.requires_grad:
+            if stopping_enabled():
+                x.register_hook(backward_check)
             if key in self.save_grad:
                 x.register_hook(self._grad_saver(key))
             for fn in self.backward.get(key, ()):

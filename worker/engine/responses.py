@@ -17,6 +17,7 @@ from .attention_scalars import token_attention_scalars
 from .autoencoders.token_scoring import LATENT_NODE_TYPES, reads_tokens, token_pair_attributions
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
+from .stopping import check_stop
 from .tokens import TokenScorer, read_projection, write_projection
 from .topk import Node, group_values, intermediate_sum, tensor_nd
 
@@ -36,6 +37,7 @@ def sub_response(
 ) -> dict:
     data = {}
     for name, spec in plan.specs.items():
+        check_stop()  # between processing specs (worker.engine.stopping)
         path = plan.paths.specs[name]
         data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, scorer, path)
     return {
