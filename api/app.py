@@ -19,6 +19,7 @@ from models.settings import Settings
 
 ROUTE_MODULES: list[str] = [
     "api.errors",
+    "api.usage",
     "api.database",
     "api.auth",
     "api.queue",

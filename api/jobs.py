@@ -12,6 +12,7 @@ route sees only the caller's jobs (``api.auth``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, jsonify, request
@@ -105,13 +106,21 @@ def submit_job(endpoint: str):
         raise NotFoundError(f"unknown endpoint {endpoint!r}; expected one of {list(ENDPOINTS)}")
     wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
     job = submit(endpoint, request_body(), request.args.get("model"), job_label(), job_tags())
+    warnings = job.warnings
     if wait > 0:
         job = wait_for(job.id, wait) or job
         if JobStatus(job.status).is_final:
-            return result_response(job)
+            return _with_warnings(result_response(job), warnings)
     response = jsonify(accepted(job).body())
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return response
+
+
+def _with_warnings(response: Response, warnings: list | None) -> Response:
+    """A result body is TDB's bytes as they are: its warnings ride in a header instead."""
+    if warnings:
+        response.headers["X-Actq-Warnings"] = json.dumps([w["message"] for w in warnings])
     return response
 
 

@@ -99,9 +99,14 @@ def show_run(job_id: str, index: int = 0):
 
 
 def _edit_body() -> dict:
-    body = request.get_json(silent=True)
+    """The PATCH body, read as JSON whatever its Content-Type (as the POST routes read theirs:
+    ``curl -X PATCH -d '{...}'`` sends form encoding by default)."""
+    body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
-        raise RequestValidationError("the body must be a JSON object with label and/or tags")
+        raise RequestValidationError(
+            "the body must be a JSON object with label, tags, addTags and/or removeTags, "
+            'e.g. {"label": "L1H0 off", "addTags": ["heads"]}'
+        )
     unknown = set(body) - EDIT_FIELDS
     if unknown:
         raise RequestValidationError(f"unknown fields {sorted(unknown)}; expected {EDIT_FIELDS}")

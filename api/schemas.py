@@ -34,6 +34,14 @@ class ErrorBody(ApiModel):
     error: ErrorDetail
 
 
+class JobWarning(ApiModel):
+    """Something the submission was told besides an error: a field it ignored, say."""
+
+    type: str
+    message: str
+    path: str | None = None
+
+
 class Links(ApiModel):
     self_: str = Field(alias="self")
     result: str
@@ -56,6 +64,10 @@ class JobAccepted(ApiModel):
     status: str
     url: str
     result_url: str
+    cache_of: str | None = Field(None, description="the job whose stored result answers this one")
+    warnings: list[JobWarning] = Field(
+        default_factory=list, description="fields of the body that were ignored (misspelled?)"
+    )
 
 
 class JobView(ApiModel):
@@ -82,6 +94,9 @@ class JobView(ApiModel):
         False, description="answered from the store: an identical request had finished (cacheOf)"
     )
     cache_of: str | None = None
+    warnings: list[JobWarning] = Field(
+        default_factory=list, description="fields of the body that were ignored (misspelled?)"
+    )
     runs: list[RunSummary] = []
     url: str
     result_url: str
@@ -184,6 +199,7 @@ def job_view(job: Job) -> JobView:
         error=error,
         cache_hit=job.cache_of is not None,
         cache_of=job.cache_of,
+        warnings=[JobWarning(**w) for w in job.warnings or []],
         runs=[run_summary(run) for run in job.runs],
         url=url,
         result_url=f"{url}/result",
@@ -193,4 +209,11 @@ def job_view(job: Job) -> JobView:
 
 def accepted(job: Job) -> JobAccepted:
     url = job_url(job.id)
-    return JobAccepted(id=job.id, status=job.status, url=url, result_url=f"{url}/result")
+    return JobAccepted(
+        id=job.id,
+        status=job.status,
+        url=url,
+        result_url=f"{url}/result",
+        cache_of=job.cache_of,
+        warnings=[JobWarning(**w) for w in job.warnings or []],
+    )

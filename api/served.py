@@ -65,8 +65,12 @@ class ServedModels:
             return next(iter(self._by_name.values()))
         served = self._by_name.get(name)
         if served is None:
+            unavailable = f" ({name}: {self.errors[name]})" if name in self.errors else ""
             raise NotFoundError(
-                f"model {name!r} is not served here; served: {', '.join(self._by_name)}",
+                f"model {name!r} is not served here; served: {', '.join(self._by_name)}"
+                f"{unavailable}. To serve it, start the service with ACTQ_MODELS listing it "
+                f"(e.g. ACTQ_MODELS={','.join([*self._by_name, name])}) and run a worker for "
+                f"it (ACTQ_MODEL={name} actq worker); `actq up --model {name}` serves one model",
                 path="model",
             )
         return served

@@ -37,6 +37,7 @@ from models.store.lifecycle import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
 from models.store.recovery import mark_published
 from models.store.tables import Job
 from models.wire.protocol import parse_request, to_wire
+from models.wire.unknown import unknown_field_warnings
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def submit(
     tags = tags or []
     check_metadata(label, tags)
     served, request = parse_and_validate(endpoint, body, model_name)
+    warnings = unknown_field_warnings(body, request) if request is not None else []
     session = get_session()
     owner = current_owner()
     if not fresh_requested():
@@ -116,6 +118,7 @@ def submit(
             autoencoders=served.autoencoders.record(),
         )
         if hit is not None:
+            hit.warnings = warnings or None
             session.commit()
             log.info("Job %s: answered from the result of job %s", hit.id, hit.cache_of)
             return hit
@@ -130,6 +133,7 @@ def submit(
         owner=owner,
         autoencoders=served.autoencoders.record(),
     )
+    job.warnings = warnings or None
     session.commit()
     publish(session, job)
     return job

@@ -16,6 +16,7 @@ Each (kind, length) runs in its own subprocess so that peak-memory readings do n
 
     python benchmarks/engine.py [--family gpt2|llama|neox] [--tokens 20 60] [--repeats 5]
                                 [--device cpu|cuda] [--kinds batched_tdb ...]
+    python benchmarks/engine.py --quick   # a 2-layer model, 8 tokens, 1 repeat: does it still run
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build_model(directory: Path, family: str = "gpt2") -> None:
+GPT2_SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}
+# --quick: the smallest model every request below fits (its ablation is at layer 3, neuron 100)
+QUICK = {"n_layer": 4, "n_embd": 32, "n_head": 2, "n_positions": 64}
+
+
+def build_model(directory: Path, family: str = "gpt2", sizes: dict | None = None) -> None:
     import torch
     import transformers
 
@@ -50,7 +56,7 @@ def build_model(directory: Path, family: str = "gpt2") -> None:
         transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
         gpt2_tokenizer().save(str(directory / "tokenizer.json"))
         return
-    config = transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    config = transformers.GPT2Config(**(sizes or GPT2_SMALL))
     transformers.GPT2LMHeadModel(config).save_pretrained(directory)
     vocab, merges = builtin_vocab_files()
     (directory / "vocab.json").write_bytes(Path(vocab).read_bytes())
@@ -283,24 +289,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tokens", type=int, nargs="+", default=[20, 60])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--tokens", type=int, nargs="+", default=[20, 60], help="prompt lengths")
+    parser.add_argument("--repeats", type=int, default=5, help="timed requests per measurement")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), help="request kinds to time")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny model, 8 tokens, 1 repeat: checks that the benchmark runs (figures mean nothing)",
+    )
     parser.add_argument("--family", choices=list(MODEL_NAMES), default="gpt2")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.repeats = [8], 1
     if args.child:
         model_dir, kind, n = args.child
         print(json.dumps(measure(model_dir, kind, int(n), args.repeats, args.device)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / f"{args.family}-random"
-        build_model(model_dir, args.family)
-        print(
-            f"{MODEL_NAMES[args.family]} random model, device {args.device}, "
-            f"{os.cpu_count()} CPU threads"
-        )
+        build_model(model_dir, args.family, QUICK if args.quick else None)
+        size = "tiny (--quick)" if args.quick else MODEL_NAMES[args.family]
+        print(f"{size} random model, device {args.device}, {os.cpu_count()} CPU threads")
         header = f"{'request':32} {'tokens':>6} {'min':>7} {'median':>7} {'max':>7} {'HF f+b':>7} {'ratio':>6} {'model MB':>9} {'loaded':>7} {'peak':>7} {'peak/loaded':>11} {'JSON KB':>8}"
         print(header)
         for kind in args.kinds:

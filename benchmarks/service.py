@@ -13,6 +13,7 @@ prints:
   * throughput: jobs per second for a burst of jobs with one worker, then with two.
 
     python benchmarks/service.py [--repeats 20] [--burst 40] [--models tiny-gpt2 gpt2-small-random]
+    python benchmarks/service.py --quick   # tiny-gpt2, 2 jobs, a burst of 2: does it still run
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -49,11 +51,16 @@ def services(workdir: Path) -> tuple[str, str, callable]:
         capture_output=True,
         text=True,
     )
-    urls = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.split())
+    urls = export_lines(out.stdout)
     stop = lambda: subprocess.run(  # noqa: E731
         ["bash", str(ROOT / "scripts/services.sh"), "stop", str(workdir / "services")], check=False
     )
     return urls["ACTQ_TEST_DATABASE_URL"], urls["ACTQ_TEST_BROKER_URL"], stop
+
+
+def export_lines(text: str) -> dict[str, str]:
+    """``{NAME: VALUE}`` of the ``export NAME=VALUE`` lines that ``scripts/services.sh`` prints."""
+    return dict(re.findall(r"^export (\w+)=(\S+)$", text, flags=re.MULTILINE))
 
 
 def fresh_database(server_url: str) -> str:
@@ -223,12 +230,28 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=40)
-    parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-small-random"])
-    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--repeats", type=int, default=20, help="timed jobs per model")
+    parser.add_argument("--burst", type=int, default=40, help="jobs per throughput burst")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["tiny-gpt2", "gpt2-small-random"],
+        help="built-in model names or folders; gpt2-small-random is built here",
+    )
+    parser.add_argument(
+        "--pool", default="prefork", choices=["prefork", "solo"], help="the workers' Celery pool"
+    )
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="time single jobs only, no bursts"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny-gpt2, 2 jobs, no throughput: checks that the benchmark runs (figures mean nothing)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.models, args.skip_throughput = 2, ["tiny-gpt2"], True
     POOL[0] = args.pool
     with tempfile.TemporaryDirectory(prefix="actq-bench-") as tmp:
         workdir = Path(tmp)

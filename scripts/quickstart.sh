@@ -38,5 +38,10 @@ cat <<DONE
 actq is running at $url (log: $data/up.log; stop it with: kill \$(cat $data/up.pid))
 example job:  $url/v1/jobs/$job
 its result:   $url/v1/jobs/$job/result
-all jobs:     $url/v1/jobs
+all jobs:     $url/v1/jobs   (in a browser: $url/runs)
+The built-in tiny-gpt2 has random weights: its top tokens are noise, its numbers are real.
+
+To use the actq command, put .venv on PATH in your shell (from $PWD):
+  source .venv/bin/activate
+  actq history
 DONE

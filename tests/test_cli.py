@@ -48,21 +48,20 @@ def test_run_reads_stdin_and_model_info_needs_no_body(golden_model_dir):
     assert "derivedScalarsResponseData" in json.loads(out.stdout)
 
 
-def test_run_request_error_exits_2_with_the_error_on_stdout(tmp_path, golden_model_dir):
+def test_run_request_error_exits_2_with_the_error_on_stderr(tmp_path, golden_model_dir):
     case = next(c for c in ERROR_CASES if c["endpoint"] == "batched_tdb")
     request = tmp_path / "bad.json"
     request.write_text(json.dumps(case["request"]))
     out = run_actq("run", "batched_tdb", str(request), "--model", str(golden_model_dir), env=_env())
-    assert out.returncode == 2
-    error = json.loads(out.stdout)["error"]
+    assert (out.returncode, out.stdout) == (2, b"")
+    error = json.loads(out.stderr.decode().strip().splitlines()[-1])["error"]
     assert error["message"] and error["type"]
     out = run_actq(
         "run", "batched_tdb", "-", "--model", str(golden_model_dir), env=_env(), input=b"{x"
     )
-    assert out.returncode == 2
-    assert json.loads(out.stdout)["error"]["type"] == "bad_request" or "error" in json.loads(
-        out.stdout
-    )
+    assert (out.returncode, out.stdout) == (2, b"")
+    error = json.loads(out.stderr.decode().strip().splitlines()[-1])["error"]
+    assert "malformed JSON" in error["message"]
 
 
 def test_db_upgrade_creates_the_schema(tmp_path):

@@ -127,7 +127,12 @@ def test_actq_demo_prints_the_comparison(tmp_path, golden_model_dir):
     assert "    b attention_head:1:14,*,0 = 0.0" in out
     pages = [line for line in out.splitlines() if line.startswith("page: /compare?a=")]
     assert len(pages) == 1
-    assert f"actq up --data-dir {tmp_path / 'demo'}" in out
+    a, b = out.split("runs to compare: ", 1)[1].split("\n", 1)[0].split(" and ")
+    link = f"actq up --data-dir {tmp_path / 'demo'} --model {golden_model_dir}` and open "
+    assert f"{link}http://127.0.0.1:8000/compare?a={a}&b={b})" in out
+    said = out + done.stderr.decode()
+    # the embedded stack's own log is kept out of the demo's output (``--verbose`` shows it)
+    assert "GET /healthz" not in said and "celery@" not in said and "SecurityWarning" not in said
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ def test_actq_run_reads_stdin_and_exits_2_on_a_bad_request():
         text=True,
         check=False,
     )
-    assert proc.returncode == 2
-    error = json.loads(proc.stdout)["error"]
+    assert (proc.returncode, proc.stdout) == (2, "")  # an error is never on stdout
+    error = json.loads(proc.stderr.strip().splitlines()[-1])["error"]
     assert error["message"] == "' elephantine' decoded to [20950, 500]; wanted exactly 1 token"
     assert error["path"] == "subRequests.0.targetTokens.0"

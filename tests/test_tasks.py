@@ -116,7 +116,7 @@ def test_heartbeat_is_refreshed_while_the_engine_runs(sessions):
 
     def slow(endpoint, request, model):
         start = _job(sessions, job_id).heartbeat_at
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # generous: the machine may be busy
         while time.monotonic() < deadline:
             now = _job(sessions, job_id).heartbeat_at
             if now > start:

@@ -205,14 +205,33 @@ def test_empty_prompt(check):
     )
 
 
-def test_top_k_prompt_over_500_tokens_gives_tdbs_400(check):
+def test_top_k_prompt_over_500_tokens_gives_tdbs_400(meta, tokenizer):
+    """On a model whose context window is at least TDB's 500 tokens, TDB's own message."""
+    import dataclasses
+
+    wide = dataclasses.replace(meta, n_ctx=1024)
     body = tdb()
     body["subRequests"].append({**body["subRequests"][0], "prompt": " a" * 501})
-    error = check("batched_tdb", body)
+    try:
+        validate_request("batched_tdb", parse_request("batched_tdb", body), wide, tokenizer)
+    except ActqError as raised:
+        error = raised
+    else:
+        error = None
     assert_error(error, RequestError, "subRequests.1.prompt", 400)
     assert error.message == (
         "Prompts must be less than 500 tokens long for batched top-k requests. "
         "Got these prompt lengths: [3, 501]"
+    )
+
+
+def test_top_k_prompt_over_a_small_context_window_is_told_the_real_limit(check):
+    body = tdb()
+    body["subRequests"].append({**body["subRequests"][0], "prompt": " a" * 600})
+    error = check("batched_tdb", body)
+    assert_error(error, RequestValidationError, "subRequests.1.prompt")
+    assert (
+        error.message == "the prompt has 600 tokens; oracle-gpt2-tiny's context window is 64 tokens"
     )
 
 

@@ -29,3 +29,11 @@ def client_of(args: argparse.Namespace):
     from api.client import Client
 
     return Client(args.url or Settings().api_url)
+
+
+def cut_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, its middle cut: prompts differ at their end."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]

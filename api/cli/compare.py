@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from api.charts import fmt
+from api.cli.common import cut_middle
 from models.store.run_keys import ablation_key
 
 SUMMARY_NODES = 10
@@ -162,13 +163,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(page, indent=2, ensure_ascii=False))
         return 0
-    print(f"{'RUN':28}  {'CREATED':19}  {'STATUS':8}  {'LOSS':>9}  {'ABLATIONS':30}  PROMPT")
+    print(
+        f"{'RUN':28}  {'CREATED':20}  {'STATUS':8}  {'LOSS':>9}  {'ABLATIONS':30}  "
+        f"{'LABEL':14}  {'TAGS':16}  {'CACHE':5}  PROMPT"
+    )
     for run in page["runs"]:
-        created = run["createdAt"][:19].replace("T", " ")
+        created = run["createdAt"][:19] + "Z"
         ablations = ",".join(run["ablationKeys"]) or "-"
+        cache = "hit" if run.get("cacheOf") else "-"
         print(
-            f"{run['run']:28}  {created:19}  {run['status']:8}  {fmt(run['loss']):>9}  "
-            f"{ablations[:30]:30}  {run['prompt'][:40]!r}"
+            f"{run['run']:28}  {created:20}  {run['status']:8}  {fmt(run['loss']):>9}  "
+            f"{cut_middle(ablations, 30):30}  {cut_middle(run.get('label') or '-', 14):14}  "
+            f"{cut_middle(','.join(run['tags']) or '-', 16):16}  {cache:5}  "
+            f"{cut_middle(run['prompt'], 40)!r}"
         )
     if page.get("nextCursor"):
         print(f"more: --cursor {page['nextCursor']}", file=sys.stderr)
@@ -191,16 +198,24 @@ def add_commands(sub) -> None:
     p.add_argument("--timeout", type=float, help="seconds to wait for a clean twin")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("runs", help="list runs (sub-requests), newest first")
-    for flag in ("--model", "--prompt", "--label", "--status", "--endpoint", "--since", "--until"):
-        p.add_argument(flag)
+    for flag, help_ in (
+        ("--model", "only runs of this model"),
+        ("--prompt", "the exact prompt"),
+        ("--label", "the exact label"),
+        ("--status", "the status of the run's job"),
+        ("--endpoint", "only runs of this route"),
+        ("--since", "created at or after (ISO 8601, e.g. 2026-12-01T10:00:00Z)"),
+        ("--until", "created before (ISO 8601)"),
+    ):
+        p.add_argument(flag, help=help_)
     p.add_argument("--contains", help="substring of the prompt")
     p.add_argument("--same-prompt-as", help="runs of the same prompt and model as this run")
     ablations = p.add_mutually_exclusive_group()
     ablations.add_argument("--ablated", action="store_true", help="only runs with ablations")
     ablations.add_argument("--clean", action="store_true", help="only runs without ablations")
     p.add_argument("--ablates", action="append", help="node key, e.g. attention_head:1:14,0,0")
-    p.add_argument("--tag", action="append")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--cursor")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tag", action="append", help="a tag the run has (repeatable)")
+    p.add_argument("--limit", type=int, default=20, help="runs per page (default 20)")
+    p.add_argument("--cursor", help="the page after this cursor (printed under a full page)")
+    p.add_argument("--json", action="store_true", help="print the page as JSON")
     p.set_defaults(func=cmd_runs)

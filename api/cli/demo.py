@@ -1,5 +1,9 @@
 """``actq demo``: start the embedded stack, run a clean request and its ablated twin, print where
 their results are and the comparison of the two (``api.cli.compare.format_summary``), stop.
+
+The stack's own log goes to a file (shown if the stack fails; ``--verbose`` shows it as it runs),
+so that what the demo prints is the demo. Its jobs stay in its data folder: the last line says
+how to serve that folder and open the comparison page.
 """
 
 from __future__ import annotations
@@ -8,11 +12,13 @@ import copy
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from api.cli.compare import format_summary
 from api.client import Client
-from models.settings import DEFAULT_API_URL
+from models.settings import DEFAULT_API_URL, Settings
 
 PROMPT = "Paris is the capital of France, and Berlin is the capital of Germany."
 
@@ -66,17 +72,23 @@ def wait_healthy(client: Client, process: subprocess.Popen, timeout: float = 120
     raise TimeoutError("the embedded stack did not answer in time")
 
 
-def demo(data_dir: str | None, model: str | None, port: int = 0) -> int:
+def demo(data_dir: str | None, model: str | None, port: int = 0, verbose: bool = False) -> int:
     port = port or free_port()
-    command = [sys.executable, "-m", "api.cli", "up", "--port", str(port)]
-    if data_dir:
-        command += ["--data-dir", data_dir]
+    data = Path(data_dir).expanduser().resolve() if data_dir else Settings().data_path().resolve()
+    command = [sys.executable, "-m", "api.cli", "up", "--port", str(port), "--data-dir", str(data)]
     if model:
         command += ["--model", model]
-    process = subprocess.Popen(command)
+    if verbose:
+        command.append("--verbose")
+    log = None if verbose else tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
     client = Client(f"http://127.0.0.1:{port}", timeout=60)
     try:
-        wait_healthy(client, process)
+        try:
+            wait_healthy(client, process)
+        except (RuntimeError, TimeoutError):
+            _show(log)
+            raise
         clean = client.submit("batched_tdb", CLEAN, label="demo: clean", tags=["demo"])
         twin = client.submit(
             "batched_tdb", ablated_twin(CLEAN), label="demo: ablated", tags=["demo"]
@@ -89,9 +101,22 @@ def demo(data_dir: str | None, model: str | None, port: int = 0) -> int:
         print(f"runs to compare: {a} and {b}\n")
         result = client.compare(a, b)
         print(format_summary(result, top=5))
-        up = "actq up" + (f" --data-dir {data_dir}" if data_dir else "")
-        print(f"(the demo's stack stops now; `{up}` serves the page at {DEFAULT_API_URL})")
+        up = f"actq up --data-dir {data}" + (f" --model {model}" if model else "")
+        print(
+            f"(the demo's stack stops now; to look at these runs, `{up}` and open "
+            f"{DEFAULT_API_URL}/compare?a={a}&b={b})"
+        )
         return 0
     finally:
         process.terminate()
         process.wait(30)
+        if log is not None:
+            log.close()
+
+
+def _show(log) -> None:
+    """The tail of the stack's log, when it failed to start."""
+    if log is None:
+        return
+    log.seek(0)
+    print(log.read().decode(errors="replace")[-4000:], file=sys.stderr)

@@ -95,8 +95,29 @@ def recover_pending(settings: Settings, publish) -> int:
         engine.dispose()
 
 
-def start_worker(settings: Settings) -> subprocess.Popen:
+def unservable(settings: Settings) -> str | None:
+    """Why the model cannot be served (no such directory, weights not in the local cache, ...),
+    said before anything starts, instead of a worker that exits with a bare code."""
+    from models.errors import ActqError
+    from models.model_meta import TINY_GPT2_NAME, resolve_model, weight_files
+
+    try:
+        meta = resolve_model(settings.model, settings.data_path())
+    except ActqError as error:
+        return error.message
+    if meta.name != TINY_GPT2_NAME and meta.path is not None and not weight_files(meta.path):
+        return (
+            f"{meta.path} has a config.json but no weights (model.safetensors or "
+            "pytorch_model.bin); download them on a machine with network access, e.g. "
+            f"`huggingface-cli download {settings.model}`, and copy the Hugging Face cache here"
+        )
+    return None
+
+
+def start_worker(settings: Settings, verbose: bool = False) -> subprocess.Popen:
     command = [sys.executable, "-m", "api.cli", "worker", "--pool", "solo"]
+    if not verbose:  # its banner and INFO lines bury what ``actq up`` says
+        command += ["--quiet", "--loglevel", "WARNING"]
     return subprocess.Popen(command, env=settings_env(settings))
 
 
@@ -111,8 +132,10 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
         process.wait()
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    """Run the embedded stack in the foreground until interrupted; returns an exit code."""
+def serve(settings: Settings, host: str, port: int, verbose: bool = False) -> int:
+    """Run the embedded stack in the foreground until interrupted; returns an exit code.
+
+    Quiet unless ``verbose``: no line per request, no worker banner; warnings and errors show."""
     from api.app import create_app
     from api.auth import safe_bind
     from api.queue import make_producer
@@ -120,6 +143,10 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
     data = settings.data_path()
     data.mkdir(parents=True, exist_ok=True)
+    problem = unservable(settings)
+    if problem:
+        print(f"actq: cannot serve {settings.model}: {problem}", file=sys.stderr, flush=True)
+        return 2
     migrations.upgrade(settings.database())
     host, note = safe_bind(settings, host)
     print(note, file=sys.stderr, flush=True)
@@ -132,8 +159,10 @@ def serve(settings: Settings, host: str, port: int) -> int:
     if recovered:
         print(f"actq: {recovered} pending job(s) put back in the queue", file=sys.stderr)
     app = create_app(settings)
+    if not verbose:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server(host, port, app, threaded=True)
-    worker = start_worker(settings)
+    worker = start_worker(settings, verbose)
     stopping = threading.Event()
 
     def shutdown(*_args) -> None:

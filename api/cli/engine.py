@@ -1,4 +1,8 @@
-"""``actq run ENDPOINT REQUEST.json``: one request through the engine in-process, no services."""
+"""``actq run ENDPOINT REQUEST.json``: one request through the engine in-process, no services.
+
+The response JSON goes to stdout; a request error goes to stderr as actq's error JSON
+(``{"error": {"type", "message", "path"}}``) with exit status 2, so that ``> response.json``
+never captures an error as if it were a response."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         request = json.loads(raw) if raw and raw.strip() else None
     except json.JSONDecodeError as error:
-        print(dumps(RequestValidationError(f"malformed JSON: {error}").to_dict()))
+        print(dumps(RequestValidationError(f"malformed JSON: {error}").to_dict()), file=sys.stderr)
         return EXIT_REQUEST_ERROR
     settings = Settings()
     from worker.engine import load_model, run
@@ -34,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         response = run(args.endpoint, request, model)
     except ActqError as error:
-        print(dumps(error.to_dict()))
+        print(dumps(error.to_dict()), file=sys.stderr)
         return EXIT_REQUEST_ERROR
     sys.stdout.write(dumps(response) + "\n")
     return 0
@@ -42,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("run", help="run one request through the engine in-process")
-    p.add_argument("endpoint", choices=ENDPOINTS)
+    p.add_argument("endpoint", choices=ENDPOINTS, help="the TDB route to answer")
     p.add_argument("request", nargs="?", help="request JSON file, or - for stdin")
     p.add_argument("--model", help="model name or directory (default: ACTQ_MODEL)")
     p.add_argument("--device", help="cpu or cuda (default: ACTQ_DEVICE or the best available)")

@@ -98,6 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queue = queue_name(meta.name)
     print(f"actq: worker for {meta.name} on queue {queue}", file=sys.stderr, flush=True)
     argv = [
+        *(["--quiet"] if args.quiet else []),  # no banner
         "worker",
         "--queues",
         queue,
@@ -113,6 +114,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-mingle",
         "--without-heartbeat",
     ]
+    if args.quiet:  # the embedded mode's worker: running as root there is the user's choice
+        import warnings
+
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
     app.worker_main(argv)
     return 0
 
@@ -150,13 +157,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = embedded_settings(
         args.data_dir, args.model, args.mlp_autoencoder, args.attention_autoencoder
     )
-    return serve(settings, args.host, args.port)
+    return serve(settings, args.host, args.port, verbose=args.verbose)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from api.cli.demo import demo
 
-    return demo(args.data_dir, args.model, args.port)
+    return demo(args.data_dir, args.model, args.port, verbose=args.verbose)
 
 
 def add_autoencoder_options(p) -> None:
@@ -174,16 +181,20 @@ def add_autoencoder_options(p) -> None:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("up", help="the embedded stack: SQLite, API and one worker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--data-dir")
-    p.add_argument("--model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    p.add_argument("--data-dir", help="database, broker and tiny-gpt2 (default: ACTQ_DATA_DIR)")
+    p.add_argument("--model", help="the model to serve (default: ACTQ_MODEL or tiny-gpt2)")
+    p.add_argument(
+        "--verbose", action="store_true", help="show every request and the worker's own log"
+    )
     add_autoencoder_options(p)
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("demo", help="start the embedded stack, run a clean and an ablated twin")
-    p.add_argument("--data-dir")
-    p.add_argument("--model")
+    p.add_argument("--data-dir", help="where the demo's jobs are kept (default: ACTQ_DATA_DIR)")
+    p.add_argument("--model", help="the model to serve (default: ACTQ_MODEL or tiny-gpt2)")
     p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--verbose", action="store_true", help="show the embedded stack's log")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("api", help="the API under gunicorn (ACTQ_DATABASE_URL, ACTQ_BROKER_URL)")
     p.add_argument("--bind", default="127.0.0.1:8000")
@@ -194,7 +205,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("worker", help="a Celery worker for ACTQ_MODEL's queue")
     p.add_argument("--pool", choices=["prefork", "solo", "threads"])
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    p.add_argument("--quiet", action="store_true", help="no banner, no root SecurityWarning")
     add_autoencoder_options(p)
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("reap", help="requeue jobs of dead workers, publish jobs with no message")

@@ -137,6 +137,7 @@ def _validate_batch(
             if sub.has_top_k
         ],
         tokenizer,
+        meta,
     )
     for sub, ids in zip(subs, token_ids, strict=True):
         shape = Shape(meta, len(ids), autoencoders)
@@ -186,7 +187,7 @@ def _validate_tdb(
         raise RequestValidationError("the batch has no sub-requests", path="subRequests")
     token_ids = [tokenizer.encode(spec.prompt) for spec in specs]
     check_top_k_lengths(
-        [(f"subRequests.{i}.prompt", ids) for i, ids in enumerate(token_ids)], tokenizer
+        [(f"subRequests.{i}.prompt", ids) for i, ids in enumerate(token_ids)], tokenizer, meta
     )
     converted = []
     for i, (spec, ids) in enumerate(zip(specs, token_ids, strict=True)):
@@ -214,8 +215,16 @@ def check_prompt_length(n_tokens: int, path: str, meta: Any) -> None:
         )
 
 
-def check_top_k_lengths(prompts: list[tuple[str, list[int]]], tokenizer: Tokenizer) -> None:
-    """TDB's two 400s for batches with multiple top-k specs (protocol.md §5.2 step 3)."""
+def check_top_k_lengths(
+    prompts: list[tuple[str, list[int]]], tokenizer: Tokenizer, meta: Any = None
+) -> None:
+    """TDB's two 400s for batches with multiple top-k specs (protocol.md §5.2 step 3).
+
+    A model whose context window is under TDB's 500 tokens is told its own limit first: TDB's
+    "less than 500 tokens" would send a 600-token prompt on a 128-token model back too long."""
+    if meta is not None and meta.n_ctx < PROMPT_LENGTH_LIMIT:
+        for path, ids in prompts:
+            check_prompt_length(len(ids), path, meta)
     lengths = [len(ids) for _, ids in prompts]
     for path, ids in prompts:
         if len(ids) > PROMPT_LENGTH_LIMIT:

@@ -109,6 +109,7 @@ class Job(Base):
     response: Mapped[bytes | None] = mapped_column(LargeBinary)  # zlib of the wire JSON text
     response_size: Mapped[int | None] = mapped_column(Integer)  # bytes of the uncompressed text
     error: Mapped[dict[str, Any] | None]
+    warnings: Mapped[list[Any] | None]  # unknown fields the submission ignored, and why
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
