@@ -19,6 +19,8 @@ from models.settings import Settings
 
 ROUTE_MODULES: list[str] = [
     "api.errors",
+    "api.tdb_cors",  # before auth: preflights are answered before a key is asked for
+    "api.tdb_order",  # before auth: a 401 or 429 keeps its place in the client's line
     "api.database",
     "api.auth",
     "api.queue",
@@ -26,6 +28,8 @@ ROUTE_MODULES: list[str] = [
     "api.jobs",
     "api.meta",
     "api.tdb",
+    "api.tdb_read",
+    "api.records",
 ]
 # Route modules that another part of the project may add later; registered when present.
 OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]

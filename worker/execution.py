@@ -26,6 +26,7 @@ from models.store import recovery
 from models.store.runs import run_losses
 from models.wire.encoding import dumps
 from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
+from worker.normalization import normalizing
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def execute_job(
             return stopped
         delay = limits.delay_for(job.tags)
         runner = _delayed(runner, delay) if delay else runner
+        runner = normalizing(sessions, runner)
         outcome, losses, seconds = _compute(
             job.endpoint, job.request, job.model, model, runner, limits.soft_time_limit
         )
