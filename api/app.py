@@ -21,6 +21,7 @@ ROUTE_MODULES: list[str] = [
     "api.errors",
     "api.tdb_cors",  # before auth: preflights are answered before a key is asked for
     "api.tdb_order",  # before auth: a 401 or 429 keeps its place in the client's line
+    "api.tdb_keys",  # /tdb/KEY/...: a key in the path for TDB's UI
     "api.database",
     "api.auth",
     "api.queue",
