@@ -31,6 +31,7 @@ ROUTE_MODULES: list[str] = [
     "api.tdb",
     "api.tdb_read",
     "api.records",
+    "api.record_pages",
 ]
 # Route modules that another part of the project may add later; registered when present.
 OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]

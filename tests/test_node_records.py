@@ -6,6 +6,7 @@ write norms), stored by a records job, served by TDB's read routes in TDB's shap
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import requests
@@ -231,3 +232,18 @@ def test_a_duplicate_message_claims_nothing(app, engine_model, built):
     assert again is None
     with sessions() as session:
         assert session.get(RecordSet, view["id"]).worker == "w"
+
+
+def test_compare_page_links_nodes_to_their_records(built, app):
+    from tests.runs_support import golden_pair, store_finished
+
+    client, view = built
+    pair = golden_pair()
+    job = store_finished(app.extensions["actq.sessionmaker"], pair["request"], pair["response"])
+    page = client.get(f"/compare?a={job}/0&b={job}/1").get_data(as_text=True)
+    links = re.findall(r'href="(/records/[^"]+)"', page)
+    assert links, "no node of the table links to its record"
+    record_page = client.get(links[0].replace("&amp;", "&"))
+    assert record_page.status_code == 200
+    assert "Top sequences" in record_page.get_data(as_text=True)
+    assert client.get("/records/mlp_post_act/0/0?model=nope").status_code == 404
