@@ -20,6 +20,9 @@ from models.settings import Settings
 ROUTE_MODULES: list[str] = [
     "api.errors",
     "api.usage",
+    "api.tdb_cors",  # before auth: preflights are answered before a key is asked for
+    "api.tdb_order",  # before auth: a 401 or 429 keeps its place in the client's line
+    "api.tdb_keys",  # /tdb/KEY/...: a key in the path for TDB's UI
     "api.database",
     "api.auth",
     "api.queue",
@@ -27,6 +30,9 @@ ROUTE_MODULES: list[str] = [
     "api.jobs",
     "api.meta",
     "api.tdb",
+    "api.tdb_read",
+    "api.records",
+    "api.record_pages",
 ]
 # Route modules that another part of the project may add later; registered when present.
 OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]

@@ -34,6 +34,7 @@ from models.errors import NotFoundError
 from models.store.cache import reuse_result
 from models.store.jobs import create_job, get_job
 from models.store.lifecycle import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
+from models.store.record_lookup import require_record
 from models.store.recovery import mark_published
 from models.store.tables import Job
 from models.wire.protocol import parse_request, to_wire
@@ -104,6 +105,7 @@ def submit(
     served, request = parse_and_validate(endpoint, body, model_name)
     warnings = unknown_field_warnings(body, request) if request is not None else []
     session = get_session()
+    require_record(session, endpoint, request)  # normalizeActivationsUsingNeuronRecord
     owner = current_owner()
     if not fresh_requested():
         hit = reuse_result(

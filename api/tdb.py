@@ -3,13 +3,11 @@
 Each request becomes a job like any other, then the route waits for it and answers as TDB's
 activation server would: ``200`` with the TDB response, or an error with TDB's ``{"message": ...}``
 at the top level (TDB's UI reads ``body.message``) next to actq's own ``error`` object; a 422 also
-carries a FastAPI-style ``detail`` list. CORS follows TDB's rule: origins ``http(s)://localhost``
-with any port are allowed, with credentials, on answers and errors alike.
+carries a FastAPI-style ``detail`` list. CORS (on every response of this surface) is
+``api.tdb_cors``'s; the order of the answers to one client is ``api.tdb_order``'s.
 """
 
 from __future__ import annotations
-
-import re
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
@@ -19,9 +17,6 @@ from models.errors import ActqError
 from models.store.lifecycle import ENDPOINTS, JobStatus
 
 bp = Blueprint("tdb", __name__)
-
-LOCALHOST_ORIGIN = re.compile(r"https?://localhost(:\d+)?")
-PREFLIGHT_METHODS = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 
 
 def init_app(app: Flask) -> None:
@@ -76,23 +71,3 @@ def _route(endpoint: str):
 
 for _endpoint in ENDPOINTS:
     _route(_endpoint)
-
-
-@bp.after_request
-def cors(response: Response) -> Response:
-    origin = request.headers.get("Origin")
-    if not origin or not LOCALHOST_ORIGIN.fullmatch(origin):
-        return response
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Allow-Credentials"] = "true"
-    response.vary.add("Origin")
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        response.headers["Access-Control-Allow-Methods"] = PREFLIGHT_METHODS
-        response.headers["Access-Control-Max-Age"] = "600"
-        asked = request.headers.get("Access-Control-Request-Headers")
-        if asked:
-            response.headers["Access-Control-Allow-Headers"] = asked
-    elif response.status_code >= 400:
-        response.headers["Access-Control-Allow-Methods"] = "*"
-        response.headers["Access-Control-Allow-Headers"] = "*"
-    return response

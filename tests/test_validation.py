@@ -669,10 +669,19 @@ def test_derived_scalars_backward_needs_a_backward_variant(check):
     assert_error(error, RequestValidationError, f"{DS_PATH}.passType")
 
 
-def test_neuron_record_normalisation_is_unsupported(check):
+def test_neuron_record_normalisation_names_a_kept_kind_and_a_dataset(check):
     record = {"dst": "mlp_post_act", "layerIndex": 0, "activationIndex": 3, "datasets": ["x"]}
-    error = check("derived_scalars", ds(normalizeActivationsUsingNeuronRecord=record))
-    assert_error(error, UnsupportedError, f"{DS_PATH}.normalizeActivationsUsingNeuronRecord")
+    assert check("derived_scalars", ds(normalizeActivationsUsingNeuronRecord=record)) is None
+    error = check(
+        "derived_scalars", ds(normalizeActivationsUsingNeuronRecord={**record, "datasets": []})
+    )
+    path = f"{DS_PATH}.normalizeActivationsUsingNeuronRecord"
+    assert_error(error, RequestValidationError, f"{path}.datasets")
+    error = check(
+        "derived_scalars",
+        ds(normalizeActivationsUsingNeuronRecord={**record, "dst": "attn_write_norm"}),
+    )
+    assert_error(error, RequestValidationError, f"{path}.dst")
 
 
 def test_input_direction_dst_needs_one_mlp_ablation(check):

@@ -27,6 +27,7 @@ from models.store.runs import run_losses
 from models.wire.encoding import dumps
 from worker.engine.stopping import check_stop, stop_when
 from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
+from worker.normalization import normalizing
 from worker.watch import CancelWatch, is_exhaustion, memory_guard
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ def execute_job(
         delay = limits.delay_for(job.tags)
         runner = _delayed(runner, delay) if delay else runner
         watch = CancelWatch(lambda: _cancel_asked(sessions, job_id, job.attempt))
+        runner = normalizing(sessions, runner)
         outcome, losses, seconds = _compute(
             job.endpoint, job.request, job.model, model, runner, limits, watch
         )

@@ -190,9 +190,12 @@ def check_derived_scalars(
                 f"vocab_token_write_to_input_direction, not {spec.dst.value}: numTopTokens must be null",
                 path=f"{path}.numTopTokens",
             )
-    check_no_neuron_record(spec.normalize_activations_using_neuron_record, path)
+    check_neuron_record(spec.normalize_activations_using_neuron_record, path, NEURON_RECORD_DSTS)
     if spec.dst is DST.VOCAB_TOKEN_WRITE_TO_INPUT_DIRECTION:
         check_input_direction_ablation(inference, f"{path}.dst", shape)
+
+
+NEURON_RECORD_DSTS = ("mlp_post_act", "mlp_autoencoder_latent", "autoencoder_latent")
 
 
 def check_derived_attention_scalars(
@@ -207,16 +210,22 @@ def check_derived_attention_scalars(
         )
     check_dst_layer(spec.dst, spec.layer_index, f"{path}.layerIndex", shape)
     check_index(spec.activation_index, Dimension.ATTN_HEADS, shape, f"{path}.activationIndex")
-    check_no_neuron_record(spec.normalize_activations_using_neuron_record, path)
+    check_neuron_record(spec.normalize_activations_using_neuron_record, path, ("attn_write_norm",))
 
 
-def check_no_neuron_record(record: object, path: str) -> None:
-    if record is not None:
-        raise UnsupportedError(
-            "normalizing by a neuron record needs TDB's neuron-record datasets, which this server "
-            "does not have: normalizeActivationsUsingNeuronRecord must be null",
-            path=f"{path}.normalizeActivationsUsingNeuronRecord",
+def check_neuron_record(record, path: str, record_dsts: tuple[str, ...]) -> None:
+    """``normalizeActivationsUsingNeuronRecord`` names a node of a kind records are kept for and
+    at least one dataset; whether the record exists is the store's to say (a 404 at submission)."""
+    if record is None:
+        return
+    path = f"{path}.normalizeActivationsUsingNeuronRecord"
+    if record.dst.value not in record_dsts:
+        raise RequestValidationError(
+            f"records of {record.dst.value} are not kept here; expected one of {list(record_dsts)}",
+            path=f"{path}.dst",
         )
+    if not record.datasets:
+        raise RequestValidationError("name at least one dataset", path=f"{path}.datasets")
 
 
 def check_multiple_top_k(

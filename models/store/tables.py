@@ -241,3 +241,68 @@ class JobTag(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)
+
+
+class RecordSet(Base):
+    """A records job and the node records it built (``models.store.node_records``): what a node
+    does over a corpus, read by TDB's ``/neuron_record`` and ``/attention_head_record``.
+
+    Its lifecycle is a job's (queued, started with attempts, worker and heartbeat, then finished
+    or failed); ``done_sequences`` of ``n_sequences`` is its progress. The corpus is kept
+    (compressed) so that a redelivered job can run again."""
+
+    __tablename__ = "record_sets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    model_revision: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    kinds: Mapped[list[Any]] = mapped_column(default=list)
+    top_k: Mapped[int] = mapped_column(Integer)
+    random_k: Mapped[int] = mapped_column(Integer)
+    seq_len: Mapped[int] = mapped_column(Integer)
+    corpus_name: Mapped[str] = mapped_column(String(200))
+    corpus_sha256: Mapped[str] = mapped_column(String(64))
+    corpus: Mapped[bytes] = mapped_column(LargeBinary)  # zlib of the corpus text
+    n_sequences: Mapped[int | None] = mapped_column(Integer)
+    done_sequences: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None]
+    owner: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class NodeRecord(Base):
+    """One node's record in a record set: its largest activation and, compressed, its top and
+    random sequences (token ids and activations; token pairs flattened for attention heads)."""
+
+    __tablename__ = "node_records"
+
+    record_set_id: Mapped[str] = mapped_column(
+        ForeignKey("record_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    dst: Mapped[str] = mapped_column(String(64), primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    activation_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_activation: Mapped[float] = mapped_column(Float)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class NodeExplanation(Base):
+    """A person's explanation of a node of a model (``PUT /v1/nodes/...``), one per node."""
+
+    __tablename__ = "node_explanations"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    dst: Mapped[str] = mapped_column(String(64), primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    activation_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    explanation: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    author: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,182 @@
+"""TDB's read and explainer routes, answered from actq's records and explanations.
+
+``/neuron_datasets_metadata`` lists each finished record set as TDB datasets (one per node kind:
+short name, derived scalar type, a name for people, a path); ``/neuron_record`` and
+``/attention_head_record`` answer a node's record (``models.store.node_records``) in TDB's shape;
+``/existing_explanations`` answers the explanations people attached (``PUT /v1/nodes/...``).
+``/explain`` and ``/score`` need a language model, which actq does not run: a TDB-shaped 501 that
+says so. Errors have TDB's ``{"message": ...}`` and CORS like every TDB route (``api.tdb_cors``).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify, request
+
+from api.database import get_session
+from api.served import served_models
+from api.tdb import tdb_error
+from models.errors import ActqError, RequestError
+from models.store.node_records import (
+    DST_LABELS,
+    dataset_name,
+    dataset_path,
+    explanations_of,
+    finished_sets,
+    models_of,
+)
+from models.store.record_lookup import record_for, record_text
+from models.wire.protocol import parse_as
+from models.wire.records import (
+    ExistingExplanationsRequest,
+    NodeIdAndDatasets,
+    ScoreRequest,
+    attention_token_scalars,
+    pairs_by_token,
+    token_scalars,
+)
+
+bp = Blueprint("tdb_read", __name__)
+
+NO_EXPLAINER = (
+    "actq runs no explainer model: /explain and /score need a language model (TDB calls OpenAI's "
+    "API). Attach explanations with PUT /v1/nodes/DST/LAYER/INDEX/explanation; "
+    "/existing_explanations serves them."
+)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+@bp.errorhandler(ActqError)
+def as_tdb_error(error: ActqError):
+    return tdb_error(error)
+
+
+def _body() -> bytes:
+    return request.get_data() or b"{}"
+
+
+@bp.post("/neuron_datasets_metadata")
+def neuron_datasets_metadata():
+    seen, listed = set(), []
+    for record_set in finished_sets(get_session()):
+        for kind_dst in _dsts(record_set):
+            key = (dataset_name(record_set.model), kind_dst)
+            if key in seen:
+                continue  # the newest set of a model answers for it (as TDB's registry)
+            seen.add(key)
+            listed.append(
+                {
+                    "shortName": key[0],
+                    "derivedScalarType": kind_dst,
+                    "userVisibleName": f"{record_set.model} - {DST_LABELS.get(kind_dst, kind_dst)}"
+                    f" ({record_set.name}, {record_set.n_sequences} sequences)",
+                    "neuronDatasetPath": dataset_path(record_set),
+                }
+            )
+    return jsonify(listed)
+
+
+def _dsts(record_set) -> list[str]:
+    from models.store.node_records import KIND_DSTS, LATENT_KINDS
+
+    return [{**KIND_DSTS, **LATENT_KINDS}[kind] for kind in record_set.kinds]
+
+
+def _tokenizer(record_set):
+    served = served_models()
+    for model in served.all():
+        if model.meta.name == record_set.model:
+            return model.tokenizer
+    return served.get(None).tokenizer  # same vocabulary family; the record's model is not served
+
+
+@bp.post("/neuron_record")
+def neuron_record():
+    node = parse_as(NodeIdAndDatasets, _body())
+    record_set, record = record_for(get_session(), node)
+    top, random = record_text(_tokenizer(record_set), record)
+    groups = [[list(zip(t, a, strict=True)) for t, a in part] for part in (top, random)]
+    top_rows, random_rows = token_scalars(groups)
+    return jsonify(
+        {
+            "dataset": dataset_path(record_set),
+            "maxActivation": record.max_activation,
+            "topActivations": top_rows,
+            "randomSample": random_rows,
+        }
+    )
+
+
+@bp.post("/attention_head_record")
+def attention_head_record():
+    node = parse_as(NodeIdAndDatasets, _body())
+    record_set, record = record_for(get_session(), node)
+    top, random = record_text(_tokenizer(record_set), record)
+    groups = [[pairs_by_token(t, a) for t, a in part] for part in (top, random)]
+    top_rows, random_rows = attention_token_scalars(groups)
+    return jsonify(
+        {
+            "dataset": dataset_path(record_set),
+            "maxAttentionActivation": record.max_activation,
+            "mostPositiveTokenSequences": top_rows,
+            "randomTokenSequences": random_rows,
+        }
+    )
+
+
+@bp.post("/existing_explanations")
+def existing_explanations():
+    asked = parse_as(ExistingExplanationsRequest, _body())
+    if bool(asked.explanation_datasets) == (asked.neuron_dataset is not None):
+        raise RequestError(
+            "Exactly one of explanation_datasets and neuron_dataset must be specified.",
+            path="explanationDatasets",
+        )
+    session = get_session()
+    datasets = asked.explanation_datasets or [asked.neuron_dataset]
+    models: set[str] = set()
+    for dataset in datasets:
+        models |= models_of(session, dataset)
+        models |= {
+            m.meta.name
+            for m in served_models().all()
+            if dataset in (m.meta.name, dataset_name(m.meta.name))
+        }
+    rows = explanations_of(
+        session, models, asked.dst.value, asked.layer_index, asked.activation_index
+    )
+    return jsonify(
+        [
+            {
+                "explanation": row.explanation,
+                "score": row.score,
+                "datasetName": dataset_name(row.model),
+            }
+            for row in rows
+        ]
+    )
+
+
+@bp.post("/explain")
+def explain():
+    parse_as(NodeIdAndDatasets, _body())
+    return _no_explainer()
+
+
+@bp.post("/score")
+def score():
+    parse_as(ScoreRequest, _body())
+    return _no_explainer()
+
+
+def _no_explainer():
+    response = jsonify(
+        {
+            "message": NO_EXPLAINER,
+            "error": {"type": "not_implemented", "message": NO_EXPLAINER, "path": None},
+        }
+    )
+    response.status_code = 501
+    return response
