@@ -21,6 +21,7 @@ ROUTE_MODULES: list[str] = [
     "api.errors",
     "api.database",
     "api.auth",
+    "api.security",
     "api.queue",
     "api.served",
     "api.jobs",
