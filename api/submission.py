@@ -27,6 +27,7 @@ from api.auth import current_owner
 from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
+from api.waiters import waiter_slot, waiting_now
 from models.checks import validate_request
 from models.checks.cost import check_cost, estimate_cost
 from models.checks.json_shape import check_json_shape
@@ -167,6 +168,11 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
     With a Redis broker the look follows each "job done" announcement of the workers (and every
     half second regardless); otherwise it polls. A look reads one column by primary key; the
     whole row (with its response) is read once, at the end."""
+    with waiter_slot():
+        return _wait(job_id, seconds)
+
+
+def _wait(job_id: str, seconds: float) -> Job | None:
     deadline = time.monotonic() + max(0.0, seconds)
     announcements, subscribed, delay = None, False, 0.002
     try:
@@ -185,7 +191,7 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
                 _await_announcement(announcements, job_id, min(left, ANNOUNCED_LOOK_SECONDS))
             else:
                 time.sleep(min(delay, left))
-                delay = min(delay * 1.5, POLL_CAP_SECONDS)
+                delay = min(delay * 1.5, POLL_CAP_SECONDS * max(1, waiting_now()))
     finally:
         if announcements is not None:
             announcements.close()

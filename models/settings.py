@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     api_key: str | None = None  # the key the CLI and api.client send (Authorization: Bearer)
 
     max_wait_seconds: float = Field(default=60.0, gt=0)  # cap of ?wait= on /v1 routes
+    max_waiters: int = Field(default=32, gt=0)  # requests waiting at once, per API process
     tdb_wait_seconds: float = Field(default=600.0, gt=0)  # how long TDB-compatible routes wait
     lease_seconds: float = Field(default=600.0, gt=0)  # a heartbeat older than this is stale
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: lease / 10, <= 30
