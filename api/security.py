@@ -44,6 +44,7 @@ CSRF_FIELD = "csrf_token"
 
 def init_app(app: Flask) -> None:
     """Registered after ``api.auth``: the checks run once the caller is known."""
+    app.before_request(refuse_nul_bytes)
     app.before_request(refuse_unsafe_request)
     app.after_request(_set_csrf_cookie)
     app.jinja_env.globals["csrf_token"] = csrf_token
@@ -80,6 +81,17 @@ def refuse_unsafe_request() -> Response | None:
             "unsupported_media_type",
             f"the body must be application/json, not {request.mimetype or 'unlabelled'!r}",
         )
+    return None
+
+
+def refuse_nul_bytes() -> Response | None:
+    """A NUL character in the path or a query value is a 422 naming it: PostgreSQL cannot store
+    or compare it (a psycopg DataError, once a 500), and SQLite matched it against everything."""
+    if "\x00" in request.path:
+        return _refuse(422, "validation_error", "the URL path contains a NUL character", "id")
+    for name, value in request.args.items(multi=True):
+        if "\x00" in value or "\x00" in name:
+            return _refuse(422, "validation_error", "a NUL character is not allowed", name)
     return None
 
 
@@ -141,7 +153,7 @@ def _has_body() -> bool:
     return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
 
 
-def _refuse(status: int, kind: str, message: str) -> Response:
-    response = jsonify({"error": {"type": kind, "message": message, "path": None}})
+def _refuse(status: int, kind: str, message: str, path: str | None = None) -> Response:
+    response = jsonify({"error": {"type": kind, "message": message, "path": path}})
     response.status_code = status
     return response

@@ -46,9 +46,10 @@ POLL_CAP_SECONDS = 0.02  # longest pause between two looks at a waited-for job (
 ANNOUNCED_LOOK_SECONDS = 0.5  # with Redis: look at least this often, announced or not
 
 
-def check_metadata(label: str | None, tags: list[str]) -> None:
-    """The label and tags against ``ACTQ_MAX_LABEL_CHARS``, ``ACTQ_MAX_TAGS``, ..."""
-    limits.check_metadata(label, tags, limits.limits())
+def check_metadata(label: str | None, tags: list[str], count: bool = True) -> None:
+    """The label and tags against ``ACTQ_MAX_LABEL_CHARS``, ``ACTQ_MAX_TAGS``, ...; ``count``:
+    the number of tags too (an edit's tags are counted once they are applied)."""
+    limits.check_metadata(label, tags, limits.limits(), count)
 
 
 def request_body() -> bytes | bytearray:
@@ -88,7 +89,10 @@ def parse_and_validate(endpoint: str, body: bytes | bytearray, model_name: str |
     settings = limits.limits()
     cost = estimate_cost(endpoint, parsed, served.meta, served.tokenizer)
     check_cost(cost, settings.max_response_bytes, settings.max_job_memory_bytes)
-    return served, to_wire(parsed)
+    wire = to_wire(parsed)
+    if b"\\u0000" in body:  # JSON's only spelling of a NUL inside a string
+        limits.check_no_nul(wire)
+    return served, wire
 
 
 def submit(
