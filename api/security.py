@@ -47,6 +47,7 @@ def init_app(app: Flask) -> None:
     app.before_request(refuse_nul_bytes)
     app.before_request(refuse_unsafe_request)
     app.after_request(_set_csrf_cookie)
+    app.after_request(_security_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
 
 
@@ -146,6 +147,24 @@ def _set_csrf_cookie(response: Response) -> Response:
     token = g.get("actq_csrf_new")
     if token:
         response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="Strict", path="/")
+    return response
+
+
+# The pages need no JavaScript: none may run, nothing may frame them, forms post only here.
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+    else:
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
     return response
 
 
