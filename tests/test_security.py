@@ -184,3 +184,28 @@ def test_with_keys_the_origin_check_holds_and_the_401_has_two_challenges(
     assert cross.status_code == 403
     # with keys, any Host is answered: the key, not the name, is what is trusted
     assert client.get("/v1/jobs", headers={**auth, "Host": "actq.example"}).status_code == 200
+
+
+def test_machine_details_are_shown_to_admins_only(tmp_path, sqlite_url, golden_model_dir):
+    app = _app(tmp_path, sqlite_url, golden_model_dir)
+    with app.extensions["actq.sessionmaker"]() as session:
+        _, user = create_key(session, "alice", admin=False, rate_per_minute=None)
+        _, admin = create_key(session, "root", admin=True, rate_per_minute=None)
+        session.commit()
+    client = app.test_client()
+    as_user = {"Authorization": f"Bearer {user}"}
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    assert client.get("/v1/models", headers=as_user).get_json()["models"][0]["source"] is None
+    source = client.get("/v1/models", headers=as_admin).get_json()["models"][0]["source"]
+    assert source and str(golden_model_dir) in source
+    job_id = client.post(f"/v1/{DS['endpoint']}", json=DS["request"], headers=as_user).get_json()[
+        "id"
+    ]
+    with app.extensions["actq.sessionmaker"]() as session:
+        from models.store.tables import Job
+
+        session.get(Job, job_id).worker = "actq-model-4242@workstation"
+        session.commit()
+    assert client.get(f"/v1/jobs/{job_id}", headers=as_user).get_json()["worker"] is None
+    shown = client.get(f"/v1/jobs/{job_id}", headers=as_admin).get_json()["worker"]
+    assert shown == "actq-model-4242@workstation"
