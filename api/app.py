@@ -25,6 +25,7 @@ ROUTE_MODULES: list[str] = [
     "api.tdb_keys",  # /tdb/KEY/...: a key in the path for TDB's UI
     "api.database",
     "api.auth",
+    "api.security",
     "api.queue",
     "api.served",
     "api.jobs",

@@ -65,11 +65,18 @@ def current_owner() -> str | None:
 def _reply(status: int, type_: str, message: str, headers: dict[str, str]) -> Response:
     response = jsonify(error_body(type_, message))
     response.status_code = status
-    response.headers.update(headers)
+    for name, value in headers.items():
+        if name == "WWW-Authenticate":
+            for challenge in CHALLENGES:
+                response.headers.add(name, challenge)
+        else:
+            response.headers[name] = value
     return response
 
 
-CHALLENGE = 'Bearer realm="actq", Basic realm="actq"'
+# Two challenges, two headers: browsers (Chromium) do not read a Basic challenge that follows
+# another in the same header, and then cannot show their login.
+CHALLENGES = ('Bearer realm="actq"', 'Basic realm="actq"')
 
 
 def _presented_key() -> str | None:
@@ -93,20 +100,20 @@ def identify() -> Caller | Response:
                 401,
                 "unauthorized",
                 "this service needs an API key: send Authorization: Bearer KEY",
-                {"WWW-Authenticate": CHALLENGE},
+                {"WWW-Authenticate": "challenges"},
             )
         if not open_to(request.remote_addr or ""):
             return _reply(
                 401,
                 "unauthorized",
                 "no API keys are configured, so this service answers local clients only",
-                {"WWW-Authenticate": CHALLENGE},
+                {"WWW-Authenticate": "challenges"},
             )
         return Caller(owner=None, admin=True, bucket="", rate_per_minute=0.0)  # no limit
     key = find_key(session, token)
     if key is None:
         return _reply(
-            401, "unauthorized", "unknown or revoked API key", {"WWW-Authenticate": CHALLENGE}
+            401, "unauthorized", "unknown or revoked API key", {"WWW-Authenticate": "challenges"}
         )
     return Caller(key.name, key.admin, f"key:{key.id}", key.rate_per_minute)
 

@@ -49,14 +49,20 @@ def shape_limits(settings: Settings) -> ShapeLimits:
     )
 
 
-def check_metadata(label: str | None, tags: list[str], settings: Settings) -> None:
+def check_metadata(
+    label: str | None, tags: list[str], settings: Settings, count: bool = True
+) -> None:
     """A job's label and tags (query ``label=`` / ``tag=`` or ``X-Actq-Label`` / ``-Tags``)."""
+    if label is not None and "\x00" in label:
+        raise RequestValidationError("the label contains a NUL character", "label")
+    if any("\x00" in tag for tag in tags):
+        raise RequestValidationError("a tag contains a NUL character", "tag")
     if label is not None and len(label) > settings.max_label_chars:
         raise RequestValidationError(
             f"the label has {len(label)} characters; the limit is {settings.max_label_chars}",
             "label",
         )
-    if len(tags) > settings.max_tags:
+    if count and len(tags) > settings.max_tags:
         raise RequestValidationError(f"{len(tags)} tags; the limit is {settings.max_tags}", "tag")
     for tag in tags:
         if not tag or len(tag) > settings.max_tag_chars:
@@ -79,6 +85,21 @@ def _fields(value: Any, path: str) -> Iterator[tuple[str, str, Any]]:
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _fields(item, f"{path}.{getattr(key, 'value', key)}")
+
+
+def check_no_nul(value: Any, path: str = "") -> None:
+    """A 422 naming the first string inside ``value`` (wire JSON) with a NUL character, which
+    PostgreSQL's JSON cannot store."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise RequestValidationError("a NUL character is not allowed here", path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_no_nul(key, path)
+            check_no_nul(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_no_nul(item, f"{path}.{i}" if path else str(i))
 
 
 def check_request(parsed: WireModel, tokenizer: Any, settings: Settings) -> None:

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from api.database import get_session
 from api.openapi import openapi_document
-from api.schemas import AutoencoderView, Health, ModelList, ModelView
+from api.schemas import AutoencoderView, Health, ModelList, ModelView, admin_only
 from api.served import served_models
 from models.store.lifecycle import queue_name
 
@@ -25,7 +25,7 @@ def models():
         ModelView(
             name=m.meta.name,
             revision=m.meta.revision,
-            source=m.meta.source,
+            source=admin_only(m.meta.source),
             queue=queue_name(m.meta.name),
             default=i == 0,
             n_layers=m.meta.n_layers,
@@ -51,7 +51,8 @@ def models():
         )
         for i, m in enumerate(served.all())
     ]
-    return jsonify(ModelList(models=views, unavailable=served.errors).body())
+    unavailable = admin_only(served.errors) or {}  # the specs can be paths
+    return jsonify(ModelList(models=views, unavailable=unavailable).body())
 
 
 @bp.get("/healthz")

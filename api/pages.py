@@ -105,11 +105,9 @@ def run_page(job_id: str, index: int):
 def edit_run_page(job_id: str, index: int):
     session = get_session()
     tags = [t.strip() for t in request.form.get("tags", "").split(",") if t.strip()]
-    run = edit_run(
-        find_run(session, f"{job_id}/{index}"),
-        {"label": request.form.get("label") or None, "tags": tags},
-    )
-    check_metadata(run.label, run.tags)
+    label = request.form.get("label") or None
+    check_metadata(label, tags)  # before the edit: a flush would send it to the database
+    edit_run(find_run(session, f"{job_id}/{index}"), {"label": label, "tags": tags})
     session.commit()
     return redirect(url_for("pages.run_page", job_id=job_id, index=index), code=303)
 

@@ -118,6 +118,10 @@ def _edit_body() -> dict:
             isinstance(value, list) and all(isinstance(t, str) for t in value)
         ):
             raise RequestValidationError(f"{name} must be a list of strings", name)
+    # Lengths and NULs before the edit is applied: loading a job's runs flushes the edit, and
+    # PostgreSQL refuses an over-long or NUL-bearing value with an error, not a 422.
+    given = [t for name in EDIT_FIELDS - {"label"} for t in body.get(name) or []]
+    check_metadata(body.get("label"), given, count=False)
     return body
 
 

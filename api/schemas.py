@@ -122,7 +122,7 @@ class AutoencoderView(ApiModel):
 class ModelView(ApiModel):
     name: str
     revision: str | None = None
-    source: str
+    source: str | None = None  # where the weights are: shown to admins only
     queue: str
     default: bool
     n_layers: int
@@ -195,7 +195,7 @@ def job_view(job: Job) -> JobView:
         run_seconds=_seconds(job.started_at, job.finished_at),
         engine_seconds=job.engine_seconds,
         attempts=job.attempts,
-        worker=job.worker,
+        worker=admin_only(job.worker),
         error=error,
         cache_hit=job.cache_of is not None,
         cache_of=job.cache_of,
@@ -205,6 +205,15 @@ def job_view(job: Job) -> JobView:
         result_url=f"{url}/result",
         links=Links(self_=url, result=f"{url}/result"),
     )
+
+
+def admin_only(value: Any) -> Any:
+    """``value`` for an admin (or an open service), None for other keys: worker host names and
+    pids, model paths and the hub cache's location tell other users about the machine."""
+    from api.auth import current_caller
+
+    caller = current_caller()
+    return value if caller is None or caller.admin else None
 
 
 def accepted(job: Job) -> JobAccepted:

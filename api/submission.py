@@ -27,6 +27,7 @@ from api.auth import current_owner
 from api.database import get_session, sessions
 from api.queue import publish_job
 from api.served import served_models
+from api.waiters import waiter_slot, waiting_now
 from models.checks import validate_request
 from models.checks.cost import check_cost, estimate_cost
 from models.checks.json_shape import check_json_shape
@@ -47,9 +48,10 @@ POLL_CAP_SECONDS = 0.02  # longest pause between two looks at a waited-for job (
 ANNOUNCED_LOOK_SECONDS = 0.5  # with Redis: look at least this often, announced or not
 
 
-def check_metadata(label: str | None, tags: list[str]) -> None:
-    """The label and tags against ``ACTQ_MAX_LABEL_CHARS``, ``ACTQ_MAX_TAGS``, ..."""
-    limits.check_metadata(label, tags, limits.limits())
+def check_metadata(label: str | None, tags: list[str], count: bool = True) -> None:
+    """The label and tags against ``ACTQ_MAX_LABEL_CHARS``, ``ACTQ_MAX_TAGS``, ...; ``count``:
+    the number of tags too (an edit's tags are counted once they are applied)."""
+    limits.check_metadata(label, tags, limits.limits(), count)
 
 
 def request_body() -> bytes | bytearray:
@@ -89,7 +91,10 @@ def parse_and_validate(endpoint: str, body: bytes | bytearray, model_name: str |
     settings = limits.limits()
     cost = estimate_cost(endpoint, parsed, served.meta, served.tokenizer)
     check_cost(cost, settings.max_response_bytes, settings.max_job_memory_bytes)
-    return served, to_wire(parsed)
+    wire = to_wire(parsed)
+    if b"\\u0000" in body:  # JSON's only spelling of a NUL inside a string
+        limits.check_no_nul(wire)
+    return served, wire
 
 
 def submit(
@@ -175,6 +180,11 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
     With a Redis broker the look follows each "job done" announcement of the workers (and every
     half second regardless); otherwise it polls. A look reads one column by primary key; the
     whole row (with its response) is read once, at the end."""
+    with waiter_slot():
+        return _wait(job_id, seconds)
+
+
+def _wait(job_id: str, seconds: float) -> Job | None:
     deadline = time.monotonic() + max(0.0, seconds)
     announcements, subscribed, delay = None, False, 0.002
     try:
@@ -193,7 +203,7 @@ def wait_for(job_id: str, seconds: float) -> Job | None:
                 _await_announcement(announcements, job_id, min(left, ANNOUNCED_LOOK_SECONDS))
             else:
                 time.sleep(min(delay, left))
-                delay = min(delay * 1.5, POLL_CAP_SECONDS)
+                delay = min(delay * 1.5, POLL_CAP_SECONDS * max(1, waiting_now()))
     finally:
         if announcements is not None:
             announcements.close()

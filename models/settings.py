@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     api_key: str | None = None  # the key the CLI and api.client send (Authorization: Bearer)
 
     max_wait_seconds: float = Field(default=60.0, gt=0)  # cap of ?wait= on /v1 routes
+    max_waiters: int = Field(default=32, gt=0)  # requests waiting at once, per API process
     tdb_wait_seconds: float = Field(default=600.0, gt=0)  # how long TDB-compatible routes wait
     lease_seconds: float = Field(default=600.0, gt=0)  # a heartbeat older than this is stale
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: lease / 10, <= 30
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     # API keys and rate limits (api.auth, api.ratelimit).
     rate_per_minute: float = Field(default=1200.0, ge=0)  # per API key; 0: no limit
     rate_burst: int = Field(default=120, gt=0)  # requests a key may make at once
+    # Cross-site requests (api.security): comma-separated origins (scheme://host:port) that may
+    # make state-changing requests besides the service's own; host names an open service
+    # answers for besides loopback ones.
+    allowed_origins: str = ""
+    allowed_hosts: str = ""
     allow_open_bind: bool = False  # serve other hosts with no API keys (trusted networks only)
 
     def data_path(self) -> Path:
@@ -98,6 +104,12 @@ class Settings(BaseSettings):
         if self.models:
             return [m.strip() for m in self.models.split(",") if m.strip()]
         return [self.model]
+
+    def allowed_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    def allowed_host_names(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
 
     def heartbeat_interval(self) -> float:
         if self.heartbeat_seconds is not None:

@@ -1,6 +1,8 @@
 """Fuzzing the HTTP API from its own ``/openapi.json`` with schemathesis: no generated request may
-get a 5xx. The target is the embedded stack (``actq up``: SQLite, the filesystem broker, a real
-worker), so a generated request that happens to be valid runs to the end like any other job.
+get a 5xx. The targets are the embedded stack (``actq up``: SQLite, the filesystem broker, a real
+worker) and the full one (gunicorn, PostgreSQL, Redis, a worker: PostgreSQL refuses what SQLite
+takes, such as NUL characters), so a generated request that happens to be valid runs to the end
+like any other job.
 
 Generation is derandomized (the same requests on every run, so CI failures reproduce) and
 Hypothesis's example database is off (nothing is written into the checkout). The last test checks
@@ -17,8 +19,14 @@ import pytest
 import requests
 
 from api.openapi import openapi_document
-from tests.conftest import _base_env
-from tests.stack import Stack, free_port, start_up
+from tests.conftest import (
+    _base_env,
+    _create_pg_database,
+    _drop_pg_database,
+    _flush_redis,
+    run_actq,
+)
+from tests.stack import Stack, free_port, healthy, start_up, wait_until, worker_ready
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
@@ -32,12 +40,17 @@ RANDOM = os.environ.get("ACTQ_FUZZ_RANDOM") == "1"
 SEEN: Counter = Counter()  # requests made, by operation and by status class
 
 
-@pytest.fixture(scope="module")
-def fuzz_stack(tmp_path_factory, golden_model_dir):
+FUZZ_ENV = {"ACTQ_MAX_WAIT_SECONDS": "1", "ACTQ_TDB_WAIT_SECONDS": "60"}
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgresql"])
+def fuzz_stack(request, tmp_path_factory, golden_model_dir):
+    if request.param == "postgresql":
+        yield from _postgresql_stack(request, tmp_path_factory, golden_model_dir)
+        return
     workdir = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    env = _base_env(workdir)
-    env.update(ACTQ_MAX_WAIT_SECONDS="1", ACTQ_TDB_WAIT_SECONDS="60")
+    env = {**_base_env(workdir), **FUZZ_ENV}
     stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
     data = workdir / "data"
     try:
@@ -45,6 +58,29 @@ def fuzz_stack(tmp_path_factory, golden_model_dir):
         yield stack
     finally:
         stack.stop()
+
+
+def _postgresql_stack(request, tmp_path_factory, golden_model_dir):
+    """gunicorn, PostgreSQL, Redis (its own database number) and one worker."""
+    server = request.getfixturevalue("pg_server_url")
+    broker = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/6"
+    workdir = tmp_path_factory.mktemp("fuzz-pg")
+    name, db = _create_pg_database(server)
+    _flush_redis(broker)
+    port = free_port()
+    env = {**_base_env(workdir), **FUZZ_ENV, "ACTQ_DATABASE_URL": db, "ACTQ_BROKER_URL": broker}
+    env["ACTQ_MODEL"] = str(golden_model_dir)
+    assert run_actq("db", "upgrade", env=env).returncode == 0
+    stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
+    try:
+        stack.add("api", "api", "--bind", f"127.0.0.1:{port}", "--workers", "2")
+        worker = stack.add("worker", "worker", "--pool", "prefork")
+        wait_until(lambda: healthy(stack.url), 60, "API", stack)
+        wait_until(lambda: worker_ready(worker), 120, "worker", stack)
+        yield stack
+    finally:
+        stack.stop()
+        _drop_pg_database(server, name)
 
 
 # The document the stack serves at /openapi.json, built the same way in this process: the stack's

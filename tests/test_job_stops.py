@@ -172,3 +172,39 @@ def test_a_canceled_running_job_stops_in_its_engine_stage(guarded):
     print(f"FIGURES cancel-running: canceled-after={time.monotonic() - asked:.2f}s")
     assert final["status"] == "canceled"
     assert _final(guarded, _submit(guarded, DS["endpoint"], DS["request"]))["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_100_waiters_are_capped_and_other_clients_are_still_answered(guarded):
+    from concurrent.futures import ThreadPoolExecutor
+
+    slots = 32 * (2 if "api" in guarded.processes else 1)  # ACTQ_MAX_WAITERS per API process
+    job_id = _submit(guarded, DS["endpoint"], DS["request"], "&tag=debug-delay=600")
+    _poll(guarded, job_id, lambda j: j["status"] == "started")
+    url = f"{guarded.url}/v1/jobs/{job_id}/result?wait=60"
+    with ThreadPoolExecutor(100) as pool:
+        waiting = [pool.submit(requests.get, url, timeout=180) for _ in range(100)]
+        deadline = time.monotonic() + 90
+        while sum(not w.done() for w in waiting) > slots:  # the rest were refused
+            assert time.monotonic() < deadline, [
+                w.result().status_code for w in waiting if w.done()
+            ]
+            time.sleep(0.1)
+        asked = time.monotonic()
+        others = [
+            requests.get(f"{guarded.url}{path}", timeout=60) for path in ("/v1/models", "/v1/jobs")
+        ]
+        answered_in = time.monotonic() - asked
+        still_waiting = sum(not w.done() for w in waiting)
+        requests.post(f"{guarded.url}/v1/jobs/{job_id}/cancel", timeout=30)
+        answers = [w.result() for w in waiting]
+    assert [o.status_code for o in others] == [200, 200]
+    refused = [a for a in answers if a.status_code == 503]
+    assert len(refused) >= 100 - slots
+    assert all(a.headers["Retry-After"] == "2" for a in refused)
+    assert {a.json()["error"]["type"] for a in refused} == {"service_unavailable"}
+    assert {a.status_code for a in answers} <= {503, 409, 202}  # 409: canceled while waited for
+    print(
+        f"FIGURES waiters: refused={len(refused)} waiting={still_waiting} "
+        f"other-client-two-requests={answered_in:.2f}s"
+    )

@@ -117,7 +117,8 @@ def test_run_without_baseline_offers_to_submit_it(client, app_sessions):
     page = get(client, f"/runs/{job}/0")
     assert any(f"actq compare {job}/0 --baseline" in p["text"] for p in page.all("p"))
     (form,) = [f for f in page.all("form") if f["attrs"]["action"].endswith("/baseline")]
-    response = client.post(form["attrs"]["action"])
+    assert client.post(form["attrs"]["action"]).status_code == 403  # no CSRF token
+    response = client.post(form["attrs"]["action"], data={"csrf_token": _form_token(page)})
     assert response.status_code == 303
     twin = response.headers["Location"]
     assert twin.startswith("/runs/") and twin.endswith("/0") and job not in twin
@@ -128,10 +129,22 @@ def test_run_without_baseline_offers_to_submit_it(client, app_sessions):
 
 def test_run_label_and_tags_are_edited_with_a_form(client, app_sessions):
     job = store_finished(app_sessions, PAIR["request"], PAIR["response"])
-    response = client.post(f"/runs/{job}/0/edit", data={"label": "clean", "tags": "a, b,,"})
+    token = _form_token(get(client, f"/runs/{job}/0"))
+    edit = {"label": "clean", "tags": "a, b,,"}
+    assert client.post(f"/runs/{job}/0/edit", data=edit).status_code == 403
+    response = client.post(f"/runs/{job}/0/edit", data={**edit, "csrf_token": token})
     assert response.status_code == 303 and response.headers["Location"] == f"/runs/{job}/0"
     body = client.get(f"/v1/runs/{job}/0").get_json()
     assert (body["label"], body["tags"]) == ("clean", ["a", "b"])
+
+
+def _form_token(page: Page) -> str:
+    """The CSRF token the page wrote into its forms (its cookie is in the test client)."""
+    tokens = {
+        i["attrs"]["value"] for i in page.all("input") if i["attrs"].get("name") == "csrf_token"
+    }
+    assert len(tokens) == 1, tokens
+    return tokens.pop()
 
 
 def _deltas(index_a: int, index_b: int, group: str) -> list[float]:

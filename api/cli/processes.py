@@ -60,7 +60,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         "bind": bind,
         "workers": args.workers,
         "worker_class": "gthread",
-        "threads": args.threads,
+        "threads": args.threads + settings.max_waiters,  # waiters never take the last threads
         "timeout": int(max(settings.tdb_wait_seconds, settings.max_wait_seconds) + 30),
         "accesslog": "-" if args.access_log else None,
         "errorlog": "-",

@@ -3,15 +3,17 @@ ablations, traces, the inference request and its data, tensors, model info."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Strict
 
 from models.wire.base import (
     ActivationTensorIndex,
     Bool,
-    Float,
     Int,
     Str,
     WireModel,
+    _finite,
 )
 from models.wire.enums import (
     ActivationLocationType,
@@ -45,14 +47,19 @@ class MirroredActivationIndex(WireModel):
     pass_type: PassType
 
 
+# An ablation's value is set into activations: NaN or infinity (``1e400``) would fail the job on
+# the worker, so it is refused at submission.
+AblationValue = Annotated[float, Strict(), AfterValidator(_finite)]
+
+
 class AblationSpec(WireModel):
     index: MirroredActivationIndex
-    value: Float
+    value: AblationValue
 
 
 class NodeAblation(WireModel):
     node_index: MirroredNodeIndex
-    value: Float
+    value: AblationValue
 
 
 class MirroredTraceConfig(WireModel):
