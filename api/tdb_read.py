@@ -18,6 +18,8 @@ from api.tdb import tdb_error
 from models.errors import ActqError, RequestError
 from models.store.node_records import (
     DST_LABELS,
+    KIND_DSTS,
+    LATENT_KINDS,
     dataset_name,
     dataset_path,
     explanations_of,
@@ -79,8 +81,6 @@ def neuron_datasets_metadata():
 
 
 def _dsts(record_set) -> list[str]:
-    from models.store.node_records import KIND_DSTS, LATENT_KINDS
-
     return [{**KIND_DSTS, **LATENT_KINDS}[kind] for kind in record_set.kinds]
 
 

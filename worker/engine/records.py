@@ -154,34 +154,29 @@ class RecordBuilder:
         sample = self._sample(random_batch)
         for (kind_name, layer), top in self.tops.items():
             kind = KINDS[kind_name]
-            for index in range(top.scores.shape[1]):
+            ids, scores = top.ids.T.tolist(), top.scores[0].tolist()  # per node
+            acts = top.activations.transpose(0, 1).tolist()  # [nodes][k][width], one conversion
+            randoms = sample.get((kind_name, layer))
+            for index, node_ids in enumerate(ids):
                 entries = [
-                    (int(i), _trim(kind, top.activations[r, index], lengths[int(i)]))
-                    for r, i in enumerate(top.ids[:, index].tolist())
+                    (i, acts[index][r][: kind.width(lengths[i])])
+                    for r, i in enumerate(node_ids)
                     if i >= 0
                 ]
-                best = float(top.scores[0, index]) if entries else 0.0
-                randoms = [(i, acts[index]) for i, acts in sample.get((kind_name, layer), [])]
-                yield NodeResult(kind_name, kind.dst, layer, index, best, entries, randoms)
+                best = scores[index] if entries else 0.0
+                chosen = [(i, rows[index]) for i, rows in randoms] if randoms else []
+                yield NodeResult(kind_name, kind.dst, layer, index, best, entries, chosen)
 
     def _sample(self, random_batch: dict[int, list[int]]) -> dict:
+        """(kind, layer) -> [(sequence id, activations of every node)] for the random sample."""
         if not random_batch:
             return {}
         ids = list(random_batch)
         out: dict = {}
         for kind, layer, activations, _ in self._layers([random_batch[i] for i in ids]):
+            rows = activations.tolist()  # [sample][nodes][width]
             out[(kind.name, layer)] = [
-                (
-                    i,
-                    [
-                        _trim(kind, activations[row, n], len(random_batch[i]))
-                        for n in range(activations.shape[1])
-                    ],
-                )
+                (i, [node[: kind.width(len(random_batch[i]))] for node in rows[row]])
                 for row, i in enumerate(ids)
             ]
         return out
-
-
-def _trim(kind: Kind, activations: torch.Tensor, length: int) -> list[float]:
-    return activations[: kind.width(length)].tolist()
