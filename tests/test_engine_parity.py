@@ -82,9 +82,11 @@ def _check_case(case: dict, tmp_path, capsys, options: list[str]) -> None:
             *options,
         ]
     )
-    out = json.loads(capsys.readouterr().out)
-    ours = {"error": out["error"]} if code == 2 else {"response": out}
+    captured = capsys.readouterr()
     assert code in (0, 2)
+    # a response goes to stdout; a request error to stderr, as its last line
+    out = json.loads(captured.out if code == 0 else captured.err.strip().splitlines()[-1])
+    ours = {"error": out["error"]} if code == 2 else {"response": out}
     problem = compare.compare_case(case, ours)
     assert problem is None, problem
     if case["error"] is not None:
