@@ -76,6 +76,9 @@ class JobView(ApiModel):
     endpoint: str
     model: str
     model_revision: str | None = None
+    autoencoders: dict[str, Any] | None = Field(
+        None, description="the AEs that served it: {mlp, attention: {name, contentHash} | null}"
+    )
     label: str | None = None
     tags: list[str] = []
     created_at: dt.datetime
@@ -185,6 +188,7 @@ def job_view(job: Job) -> JobView:
         endpoint=job.endpoint,
         model=job.model,
         model_revision=job.model_revision,
+        autoencoders=job.autoencoders,
         label=job.label,
         tags=list(job.tags or []),
         created_at=job.created_at,

@@ -355,3 +355,22 @@ def test_latent_nodes_are_named_readably():
     assert node_label(node, tokens) == "MLP-AE L1 #126 @14 ' France'"
     node = {"nodeType": "attention_autoencoder_latent", "tensorIndices": [0, 3], "layerIndex": 2}
     assert node_label(node, tokens) == "attn-AE L2 #3 @0 'Paris'"
+
+
+def test_runs_served_with_other_autoencoders_differ_in_autoencoders():
+    from api.comparison import RunSide, compare
+
+    request = {"prompt": "Hi", "targetTokens": [" a"], "distractorTokens": [" b"]}
+    aes = {"mlp": {"name": "ae-mlp", "contentHash": "1" * 64}, "attention": None}
+    plain = RunSide("A/0", "batched_tdb", "m", request=request)
+    with_ae = RunSide("B/0", "batched_tdb", "m", request=request, autoencoders=aes)
+    other = {"mlp": {"name": "ae-mlp", "contentHash": "2" * 64}, "attention": None}
+    assert "autoencoders" in compare(plain, with_ae)["differs"]
+    assert (
+        "autoencoders"
+        in compare(
+            with_ae, RunSide("C/0", "batched_tdb", "m", request=request, autoencoders=other)
+        )["differs"]
+    )
+    assert "autoencoders" not in compare(with_ae, with_ae)["differs"]
+    assert "autoencoders" not in compare(plain, plain)["differs"]

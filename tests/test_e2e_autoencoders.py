@@ -74,6 +74,8 @@ def test_golden_ae_cases_over_http(ae_stack):
             continue
         final = api.wait(job["id"], timeout=300)
         assert final["status"] == "finished", (case["name"], final)
+        recorded = final["autoencoders"]
+        assert [None if v is None else v["name"] for v in recorded.values()] == list(server)
         ours = {"response": api.result_json(job["id"])}
         problem = compare.compare_case(case, ours)
         assert problem is None, (case["name"], problem)
