@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from engine import PeakRss, build_model, prompt_of, rss_bytes, touch_weights  # noqa: E402
+from engine import QUICK, PeakRss, build_model, prompt_of, rss_bytes, touch_weights  # noqa: E402
 
 N_LATENTS = 32768
 ACTIVE_FRACTION = 0.025
@@ -125,7 +125,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[20, 60])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latents", type=int, default=N_LATENTS, help="a smaller smoke test")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model, 256 latents, 8 tokens: does it run"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.repeats, args.latents = [8], 1, 256
     import torch
 
     from worker.engine import load_model, run
@@ -134,14 +139,19 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "gpt2-small-random"
-        build_model(model_dir)
+        build_model(model_dir, sizes=QUICK if args.quick else None)
         model = load_model(str(model_dir), "cpu")
+        meta = model.meta
         touch_weights(model.weights)
         generator = torch.Generator().manual_seed(0)
         start = time.perf_counter()
         model.autoencoders = LoadedAutoencoders(
-            random_autoencoder("mlp", "mlp_post_act", 3072, 12, generator, args.latents),
-            random_autoencoder("attn", "resid_delta_attn", 768, 12, generator, args.latents),
+            random_autoencoder(
+                "mlp", "mlp_post_act", meta.d_mlp, meta.n_layers, generator, args.latents
+            ),
+            random_autoencoder(
+                "attn", "resid_delta_attn", meta.d_model, meta.n_layers, generator, args.latents
+            ),
         )
         calibrate(model, prompt_of(model.tokenizer, max(args.tokens)))
         gc.collect()

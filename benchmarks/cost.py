@@ -122,7 +122,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="1 layer, 2 shapes: does it run")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.shapes = 1, args.shapes[:2]
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.device)))
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import PeakRss, build_model, rss_bytes  # noqa: E402
+from engine import QUICK, PeakRss, build_model, rss_bytes  # noqa: E402
 
 BATCH = 16
 
@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--random-k", type=int, default=10)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # MODEL_DIR MODE (subprocess)
+    parser.add_argument("--quick", action="store_true", help="a tiny model, 4 documents")
     args = parser.parse_args()
+    if args.quick:
+        args.documents, args.tokens = 4, 16
     if args.one:
         result = measure(
             args.one[0], args.one[1], args.documents, args.tokens, args.top_k, args.random_k
@@ -100,9 +103,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "gpt2-small-random"
-        build_model(model_dir)
+        build_model(model_dir, sizes=QUICK if args.quick else None)
         print(
-            f"gpt2-small-sized random model, {args.documents} documents of {args.tokens} "
+            f"{'tiny (--quick)' if args.quick else 'gpt2-small-sized'} random model, {args.documents} documents of {args.tokens} "
             f"tokens, top {args.top_k} + random {args.random_k} per node, "
             f"{os.cpu_count()} CPU threads"
         )

@@ -27,7 +27,23 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_every_benchmark_is_covered():
-    assert BENCHMARKS == ["engine.py", "service.py"]  # a new one gets its run below
+    # a new one gets its run below
+    assert BENCHMARKS == ["autoencoders.py", "cost.py", "engine.py", "records.py", "service.py"]
+
+
+def test_the_autoencoder_benchmark_runs_quick():
+    done = _run("autoencoders.py", _env())
+    assert re.search(r"^\s+8\s+[\d.]+\s", done.stdout, flags=re.MULTILINE), done.stdout
+
+
+def test_the_cost_benchmark_runs_quick():
+    done = _run("cost.py", _env())
+    assert len(done.stdout.strip().splitlines()) == 3, done.stdout  # header and two shapes
+
+
+def test_the_records_benchmark_runs_quick():
+    done = _run("records.py", _env())
+    assert "forward passes alone:" in done.stdout and "records, build + encode" in done.stdout
 
 
 def test_the_engine_benchmark_runs_quick():
