@@ -48,7 +48,7 @@ def test_the_readme_examples_run_as_written(tmp_path):
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "examples").symlink_to(REPO / "examples")
-    script = "set -euo pipefail\ncurl() { command curl --fail-with-body \"$@\"; echo; }\n"
+    script = 'set -euo pipefail\ncurl() { command curl --fail-with-body "$@"; echo; }\n'
     script += "\n".join(b.replace(README_URL, url) for b in blocks)
     try:
         start_up(stack, port, data_dir, "tiny-gpt2")
