@@ -49,9 +49,13 @@ def test_actq_run_matches_tdb(case_file, tmp_path, capsys):
             "cpu",
         ]
     )
-    out = json.loads(capsys.readouterr().out)
-    ours = {"error": out["error"]} if code == 2 else {"response": out}
+    printed = capsys.readouterr()
     assert code in (0, 2)
+    # a response on stdout; a request error on stderr (exit 2), never on stdout
+    out = json.loads(printed.out if code == 0 else printed.err.strip().splitlines()[-1])
+    if code == 2:
+        assert printed.out == ""
+    ours = {"error": out["error"]} if code == 2 else {"response": out}
     problem = compare.compare_case(case, ours)
     assert problem is None, problem
     if case["error"] is not None:
