@@ -103,6 +103,9 @@ def test_timestamps_end_in_z(client):
     body = client.post("/v1/batched_tdb", json=TDB["request"]).get_json()
     job = client.get(body["url"]).get_json()
     assert job["createdAt"].endswith("Z")
+    address = job["runs"][0]["address"]
+    compared = client.get(f"/v1/compare?a={address}&b={address}").get_json()
+    assert compared["a"]["createdAt"] == job["createdAt"]  # the same time, written the same way
 
 
 def test_the_cli_summary_and_the_middle_cut():
