@@ -15,6 +15,16 @@ from flask import Blueprint, Flask, redirect, render_template, request, url_for
 from api.charts import Bar, diverging_bars, fmt, heat_style
 from api.database import get_session
 from api.jobs import _bool, _limit
+from api.page_views import (
+    LOSS_MEANING,
+    ablation_texts,
+    job_record,
+    loss_change_chart,
+    pinned_keys,
+    run_results,
+    utc,
+    with_pinned,
+)
 from api.run_views import compare_query, run_detail, run_view
 from api.runs import comparison_of, no_baseline_message, run_filter, submit_clean_twin
 from api.submission import check_metadata
@@ -48,6 +58,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(fmt, "num")
     app.add_template_filter(lambda v: fmt(v, signed=True), "signed")
     app.add_template_filter(lambda v: json.dumps(v, ensure_ascii=False), "compact")
+    app.add_template_filter(utc, "utc")
 
 
 @bp.errorhandler(ActqError)
@@ -98,6 +109,9 @@ def run_page(job_id: str, index: int):
         baseline=run_view(baseline) if baseline else None,
         compare_baseline=compare_baseline,
         no_baseline=None if baseline else no_baseline_message(run),
+        results=run_results(run, request.args.get("group") or PREFERRED_GROUP),
+        job=job_record(run),
+        loss_meaning=LOSS_MEANING,
     )
 
 
@@ -144,13 +158,6 @@ def _chart(rows: list[dict], group: str) -> Any:
     return diverging_bars(bars, caption=caption)
 
 
-def _loss_chart(loss: dict) -> Any:
-    if loss["a"] is None or loss["b"] is None:
-        return None
-    bars = [Bar("a", loss["a"], f"loss of a: {fmt(loss['a'])}"), Bar("b", loss["b"])]
-    return diverging_bars(bars, caption="Loss of a and b", width=600, row_height=26, label_width=40)
-
-
 def _token_view(sums: dict | None, group: str) -> dict | None:
     if not sums:
         return None
@@ -162,7 +169,11 @@ def _token_view(sums: dict | None, group: str) -> dict | None:
     )
     for row in rows:
         row["styles"] = [heat_style(c["delta"], scale) for c in row["cells"]]
-    return {"columns": columns, "rows": rows}
+    legend = {
+        "up": heat_style(scale or 1.0, scale or 1.0),
+        "down": heat_style(-(scale or 1.0), scale or 1.0),
+    }
+    return {"columns": columns, "rows": rows, "scale": scale, "legend": legend}
 
 
 def _links(a: str, b: str, group: str, only_diff: bool) -> dict[str, str]:
@@ -192,6 +203,11 @@ def compare_page():
     if table and group not in groups:
         group = groups[0]
     changed, one_sided = _group_rows(table, group) if table else ([], [])
+    pinned = pinned_keys(result)
+    rows, more_rows = with_pinned(changed, TABLE_ROWS, pinned)
+    one_sided_rows, hidden_one_sided = with_pinned(one_sided, ONE_SIDED_ROWS, pinned)
+    for row in result["settings"]:
+        row["a"], row["b"] = ablation_texts(row["a"]), ablation_texts(row["b"])
     return render_template(
         "compare.html",
         result=result,
@@ -199,11 +215,13 @@ def compare_page():
         b=result["b"]["run"],
         table=table,
         group=group,
-        rows=changed[:TABLE_ROWS],
-        more_rows=max(0, len(changed) - TABLE_ROWS),
-        one_sided=one_sided[:ONE_SIDED_ROWS],
+        rows=rows,
+        more_rows=more_rows,
+        one_sided=one_sided_rows,
+        hidden_one_sided=hidden_one_sided,
         chart=_chart(changed, group) if table else None,
-        loss_chart=_loss_chart(result["loss"]),
+        loss_chart=loss_change_chart(result["loss"]),
+        loss_meaning=LOSS_MEANING,
         output_rows=(result["topOutputTokens"] or {}).get("rows", [])[:TOKEN_ROWS],
         tokens=_token_view(result["tokenSums"], group),
         links=_links(result["a"]["run"], result["b"]["run"], group, only_diff),

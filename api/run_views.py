@@ -15,7 +15,7 @@ from urllib.parse import quote
 from pydantic import Field
 
 from api.comparison import RunSide, run_side, sub_request
-from api.schemas import ApiModel
+from api.schemas import ApiModel, utc_json
 from api.served import family_of
 from models.store.jobs import response_bytes
 from models.store.run_keys import ablation_keys
@@ -132,7 +132,7 @@ def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
         label=run.label,
         tags=tuple(run.tags or ()),
         family=family_of(run.model),
-        created_at=run.created_at.isoformat() if run.created_at else None,
+        created_at=utc_json(run.created_at),
         autoencoders=run.autoencoders,
     )
 

@@ -153,6 +153,15 @@ class Health(ApiModel):
     database: str
 
 
+def utc_json(value: dt.datetime | None) -> str | None:
+    """A time as the JSON bodies write it (as pydantic does): ``2026-12-01T10:00:00.123456Z``."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat() + "Z"
+
+
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
     return None if start is None or end is None else round((end - start).total_seconds(), 6)
 

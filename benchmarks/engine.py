@@ -285,6 +285,23 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     }
 
 
+def _print_row(kind: str, n: int, r: dict) -> None:
+    med, floor = statistics.median(r["times"]), statistics.median(r["floor"])
+    print(
+        f"{kind:32} {n:6d} {min(r['times']):7.3f} {med:7.3f} {max(r['times']):7.3f} "
+        f"{floor:7.3f} {med / floor:6.2f} {r['param_bytes'] / 2**20:9.0f} "
+        f"{r['loaded_rss'] / 2**20:7.0f} {r['peak_rss'] / 2**20:7.0f} "
+        f"{r['peak_rss'] / r['loaded_rss']:11.2f} {r['response_bytes'] / 1024:8.0f}"
+    )
+    extra = (r["peak_rss"] - r["loaded_rss"]) / r["param_bytes"]
+    frozen = statistics.median(r["floor_frozen"])
+    print(
+        f"{'':32} {'':6} HF f+b with frozen weights {frozen:.3f} s (ratio "
+        f"{med / frozen:.2f}); serving adds {extra:.2f}x the weights' size "
+        f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -316,6 +333,10 @@ def main() -> None:
         print(header)
         for kind in args.kinds:
             for n in args.tokens:
+                if args.quick:  # in this process: peak memory means nothing in a quick run
+                    r = measure(str(model_dir), kind, n, args.repeats, args.device)
+                    _print_row(kind, n, r)
+                    continue
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -333,21 +354,7 @@ def main() -> None:
                     capture_output=True,
                     text=True,
                 ).stdout
-                r = json.loads(out.strip().splitlines()[-1])
-                med, floor = statistics.median(r["times"]), statistics.median(r["floor"])
-                print(
-                    f"{kind:32} {n:6d} {min(r['times']):7.3f} {med:7.3f} {max(r['times']):7.3f} "
-                    f"{floor:7.3f} {med / floor:6.2f} {r['param_bytes'] / 2**20:9.0f} "
-                    f"{r['loaded_rss'] / 2**20:7.0f} {r['peak_rss'] / 2**20:7.0f} "
-                    f"{r['peak_rss'] / r['loaded_rss']:11.2f} {r['response_bytes'] / 1024:8.0f}"
-                )
-                extra = (r["peak_rss"] - r["loaded_rss"]) / r["param_bytes"]
-                frozen = statistics.median(r["floor_frozen"])
-                print(
-                    f"{'':32} {'':6} HF f+b with frozen weights {frozen:.3f} s (ratio "
-                    f"{med / frozen:.2f}); serving adds {extra:.2f}x the weights' size "
-                    f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)"
-                )
+                _print_row(kind, n, json.loads(out.strip().splitlines()[-1]))
         print(
             "times in seconds; ratio = engine median / HF forward+backward median (same process, same "
             "tokens); loaded = resident MiB with the model loaded and read; peak = the most resident "

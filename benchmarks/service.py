@@ -182,7 +182,7 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
     client = Client(stack.url, timeout=120)
     local_model = load_in_process(spec, data_dir)
     try:
-        for _ in range(3):
+        for _ in range(1 if args.quick else 3):
             submit_to_result(client, request)  # warm-up: model load, first-call costs
         e2e, engine, local, parts = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
@@ -252,6 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.models, args.skip_throughput = 2, ["tiny-gpt2"], True
+        args.pool = "solo"  # no pool process to fork and load the model again
     POOL[0] = args.pool
     with tempfile.TemporaryDirectory(prefix="actq-bench-") as tmp:
         workdir = Path(tmp)

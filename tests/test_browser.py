@@ -77,9 +77,12 @@ def test_compare_page_draws_its_chart_in_chromium(server, app_sessions, tmp_path
     dom = browse(url, tmp_path)
     assert dom.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == 2
     bars = re.findall(r'<g class="bar (pos|neg)">', dom)
-    assert len(bars) == 2 + 15  # the loss chart's two bars and the 15 nodes that moved most
+    assert len(bars) == 1 + 15  # the loss change and the 15 nodes that moved most
     assert re.search(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+"', dom)
     assert "Nodes that moved most" in dom and "Per token: act_times_grad" in dom
+    assert "logit of the target token minus the logit of the" in dom  # what the loss is
+    assert "b lower than a" in dom  # the heat table's legend
+    assert "<code>attention_head:1:14,*,0 = 0</code>" in dom  # ablations as keys
     path = ARTIFACTS / "compare.png"
     path.unlink(missing_ok=True)
     browse(url, tmp_path, screenshot="compare.png")
@@ -90,8 +93,11 @@ def test_runs_and_run_pages_render_in_chromium(server, app_sessions, tmp_path):
     job = store_finished(app_sessions, PAIR["request"], PAIR["response"], tags=["demo"])
     dom = browse(f"{server}/runs", tmp_path)
     assert f'href="/runs/{job}/1"' in dom and f'href="/runs/{job}/0"' in dom
+    assert 'class="badge ablated"' in dom and '<td class="id">' in dom
     run = browse(f"{server}/runs/{job}/1", tmp_path)
     assert f'href="/compare?a={job}/0&amp;b={job}/1"' in run
+    assert "Top output tokens" in run and "Node table: top" in run and "Job record" in run
+    assert "computed by this job" in run and re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run)
     for name, url in (("runs.png", f"{server}/runs"), ("run.png", f"{server}/runs/{job}/1")):
         browse(url, tmp_path, screenshot=name)
         assert (ARTIFACTS / name).stat().st_size > 0

@@ -47,13 +47,16 @@ def test_cli_submit_status_wait_result_history(embedded_stack, tmp_path, engine_
     job_id, url = out.stdout.decode().split()
     assert url == f"{embedded_stack.url}/v1/jobs/{job_id}"
 
-    waited = run_actq("wait", job_id, env=env)
+    waited = run_actq("wait", job_id, "--json", env=env)
     assert waited.returncode == 0, waited.stderr
     assert f"job {job_id}" in waited.stderr.decode()  # the progress line
     assert json.loads(waited.stdout)["status"] == "finished"
 
-    status = run_actq("status", job_id, env=env)
+    status = run_actq("status", job_id, "--json", env=env)
     assert json.loads(status.stdout)["label"] == "from cli"
+    short = run_actq("status", job_id, env=env).stdout.decode()  # a summary for a person
+    assert short.startswith(f"job {job_id}  finished  batched_tdb") and "label from cli" in short
+    assert f"run {job_id}/0  loss " in short
 
     result = run_actq("result", job_id, env=env)
     assert result.returncode == 0

@@ -82,10 +82,12 @@ def _check_case(case: dict, tmp_path, capsys, options: list[str]) -> None:
             *options,
         ]
     )
-    captured = capsys.readouterr()
+    printed = capsys.readouterr()
     assert code in (0, 2)
-    # a response goes to stdout; a request error to stderr, as its last line
-    out = json.loads(captured.out if code == 0 else captured.err.strip().splitlines()[-1])
+    # a response on stdout; a request error on stderr (exit 2), never on stdout
+    out = json.loads(printed.out if code == 0 else printed.err.strip().splitlines()[-1])
+    if code == 2:
+        assert printed.out == ""
     ours = {"error": out["error"]} if code == 2 else {"response": out}
     problem = compare.compare_case(case, ours)
     assert problem is None, problem

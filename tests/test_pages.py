@@ -167,11 +167,13 @@ def test_compare_page_draws_the_nodes_that_moved_most(client, app_sessions):
     deltas = sorted((d for d in _deltas(0, 1, "act_times_grad") if d != 0), key=abs, reverse=True)[
         :15
     ]
-    bars = page.all("g", "bar")[2:]  # after the two loss bars
+    loss_bar = page.all("g", "bar")[0]  # the loss change itself, not a and b from 0
+    assert loss_bar["attrs"]["class"] == ("bar pos" if loss[1] > loss[0] else "bar neg")
+    bars = page.all("g", "bar")[1:]  # after the loss change
     assert [b["attrs"]["class"] for b in bars] == [
         "bar pos" if d > 0 else "bar neg" for d in deltas
     ]
-    values = [t["text"] for t in page.all("text", "value")[2:]]
+    values = [t["text"] for t in page.all("text", "value")][-len(deltas) :]
     assert values == [fmt(d, signed=True) for d in deltas]
     differing = [tr["text"].split()[0] for tr in page.all("tr", "differs")]
     assert differing == ["ablations"]
@@ -184,7 +186,7 @@ def test_compare_page_draws_the_nodes_that_moved_most(client, app_sessions):
     expected = sorted((d for d in _deltas(0, 1, "write_norm") if d != 0), key=abs, reverse=True)[
         :15
     ]
-    assert [t["text"] for t in write_norm.all("text", "value")[2:]] == [
+    assert [t["text"] for t in write_norm.all("text", "value")][-len(expected) :] == [
         fmt(d, signed=True) for d in expected
     ]
 
@@ -231,3 +233,33 @@ def test_heat_style_and_number_format():
         "-0.5",
         "+0.25",
     )
+
+
+def test_the_ablated_and_traced_nodes_are_never_cut_from_a_table():
+    from api.page_views import pinned_keys, with_pinned
+
+    def row(layer: int) -> dict:
+        node = {"nodeType": "mlp_neuron", "layerIndex": layer, "tensorIndices": [3, 7]}
+        return {"node": node, "label": f"L{layer}"}
+
+    ablated = {"nodeIndex": row(9)["node"], "value": 0.0}
+    traced = {"upstreamNodeToTrace": {**row(5)["node"], "passType": "forward"}}
+    settings = [
+        {"name": "ablations", "a": [], "b": [ablated]},
+        {"name": "trace", "a": traced, "b": None},
+    ]
+    pinned = pinned_keys({"settings": settings})
+    kept, hidden = with_pinned([row(i) for i in range(12)], 3, pinned)
+    assert [r["label"] for r in kept] == ["L0", "L1", "L2", "L5", "L9"]
+    assert hidden == 7 and [r["pinned"] for r in kept] == [False] * 3 + [True] * 2
+
+
+def test_pages_write_times_in_one_format():
+    import datetime as dt
+
+    from api.page_views import utc
+
+    naive = dt.datetime(2026, 12, 1, 10, 0, 0, 123456)
+    assert utc(naive) == "2026-12-01T10:00:00Z"
+    assert utc(naive.replace(tzinfo=dt.UTC)) == "2026-12-01T10:00:00Z"
+    assert utc("2026-12-01T11:00:00+01:00") == "2026-12-01T10:00:00Z"

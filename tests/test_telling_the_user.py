@@ -103,6 +103,9 @@ def test_timestamps_end_in_z(client):
     body = client.post("/v1/batched_tdb", json=TDB["request"]).get_json()
     job = client.get(body["url"]).get_json()
     assert job["createdAt"].endswith("Z")
+    address = job["runs"][0]["address"]
+    compared = client.get(f"/v1/compare?a={address}&b={address}").get_json()
+    assert compared["a"]["createdAt"] == job["createdAt"]  # the same time, written the same way
 
 
 def test_the_cli_summary_and_the_middle_cut():
@@ -127,3 +130,35 @@ def test_the_cli_summary_and_the_middle_cut():
     text = summary(job)
     assert "answered from job K (cache hit)" in text
     assert "run J/0  loss 2.3 (ablated)" in text and "warning: unknown field" in text
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from api.cli import build_parser
+
+    missing = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+            elif action.help is None:
+                missing.append(f"{' '.join(prefix)} {action.option_strings or action.dest}")
+
+    walk(build_parser(), ["actq"])
+    assert missing == []
+
+
+def test_actq_up_says_why_a_model_cannot_be_served(tmp_path):
+    import os
+
+    from tests.conftest import run_actq
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTQ_")}
+    env.update(ACTQ_MODEL="gpt2", HF_HOME=str(tmp_path / "hf"), ACTQ_DATA_DIR=str(tmp_path))
+    done = run_actq("up", "--port", "1", env=env, timeout=120)
+    said = done.stderr.decode()
+    assert done.returncode == 2 and "cannot serve gpt2" in said
+    assert "huggingface-cli download gpt2" in said

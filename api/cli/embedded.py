@@ -181,6 +181,8 @@ def serve(settings: Settings, host: str, port: int, verbose: bool = False) -> in
     threading.Thread(target=watch_worker, daemon=True).start()
     url = f"http://{host}:{server.server_port}"
     print(f"actq: serving {settings.model} at {url} (data in {data}); Ctrl-C stops", flush=True)
+    if settings.model == "tiny-gpt2":
+        print("actq: tiny-gpt2 has random weights: its top tokens mean nothing", flush=True)
     try:
         server.serve_forever()
     finally:

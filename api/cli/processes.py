@@ -197,14 +197,18 @@ def add_commands(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show the embedded stack's log")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("api", help="the API under gunicorn (ACTQ_DATABASE_URL, ACTQ_BROKER_URL)")
-    p.add_argument("--bind", default="127.0.0.1:8000")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--access-log", action="store_true")
+    p.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn processes (default 2)")
+    p.add_argument("--threads", type=int, default=8, help="threads per process (default 8)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("worker", help="a Celery worker for ACTQ_MODEL's queue")
-    p.add_argument("--pool", choices=["prefork", "solo", "threads"])
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument(
+        "--pool",
+        choices=["prefork", "solo", "threads"],
+        help="Celery pool (default ACTQ_WORKER_POOL)",
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1)")
     p.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
     p.add_argument("--quiet", action="store_true", help="no banner, no root SecurityWarning")
     add_autoencoder_options(p)
