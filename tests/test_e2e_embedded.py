@@ -41,7 +41,15 @@ def test_cli_submit_status_wait_result_history(embedded_stack, tmp_path, engine_
     request.write_text(json.dumps(case["request"]))
     env = embedded_stack.env
     out = run_actq(
-        "submit", "batched_tdb", str(request), "--tag", "cli", "--label", "from cli", env=env
+        "submit",
+        "batched_tdb",
+        str(request),
+        "--tag",
+        "cli",
+        "--label",
+        "from cli",
+        "--fresh",  # an earlier test may have run the same request: this one must run
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     job_id, url = out.stdout.decode().split()
