@@ -76,7 +76,7 @@ def test_cli_submit_status_wait_result_history(embedded_stack, tmp_path, engine_
     lines = history.stdout.decode().splitlines()
     assert len(lines) == 2 and lines[1].startswith(job_id)
 
-    waited_submit = run_actq("submit", "model_info", "--wait", env=env)
+    waited_submit = run_actq("submit", "model_info", "--wait", "--fresh", env=env)
     assert waited_submit.returncode == 0, waited_submit.stderr
     assert "finished" in waited_submit.stderr.decode()
 
