@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from api.auth import current_caller
+from api.tdb_cors import on_tdb_surface
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FORM_BLUEPRINTS = frozenset({"pages"})  # their POSTs are HTML forms, not JSON
-TDB_BLUEPRINTS = frozenset({"tdb"})
 LOCALHOST_ORIGIN = re.compile(r"https?://localhost(:\d+)?")
 CSRF_COOKIE = "actq_csrf"
 CSRF_FIELD = "csrf_token"
@@ -80,7 +80,8 @@ def refuse_unsafe_request() -> Response | None:
         return _refuse(
             415,
             "unsupported_media_type",
-            f"the body must be application/json, not {request.mimetype or 'unlabelled'!r}",
+            "the body must be JSON sent with the header Content-Type: application/json (this "
+            f"request's Content-Type is {request.mimetype or 'missing'!r})",
         )
     return None
 
@@ -122,7 +123,7 @@ def origin_allowed(origin: str, allowed: list[str]) -> bool:
     own = request.host_url.rstrip("/")
     if origin == own or origin in allowed:
         return True
-    return request.blueprint in TDB_BLUEPRINTS and LOCALHOST_ORIGIN.fullmatch(origin) is not None
+    return on_tdb_surface() and LOCALHOST_ORIGIN.fullmatch(origin) is not None
 
 
 def csrf_token() -> str:

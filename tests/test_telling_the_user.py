@@ -81,15 +81,19 @@ def test_get_on_a_post_route_says_use_post_and_lists_the_routes(client):
     assert "GET /v1/jobs" in message and "POST /v1/<endpoint>" in message
 
 
-def test_a_patch_without_content_type_is_read_as_json(client, app_sessions):
+def test_a_patch_without_content_type_is_told_the_header_is_missing(client, app_sessions):
+    """A JSON body without its Content-Type is refused (a cross-site form could send one) with a
+    415 that names the missing header; with the header it is applied."""
     from tests.runs_support import store_finished
 
     job_id = store_finished(app_sessions, TDB["request"], TDB["response"])
-    response = client.patch(f"/v1/runs/{job_id}/0", data='{"label": "L1H0 off"}')
+    refused = client.patch(f"/v1/runs/{job_id}/0", data='{"label": "L1H0 off"}')
+    assert refused.status_code == 415
+    message = refused.get_json()["error"]["message"]
+    assert "Content-Type: application/json" in message and "'missing'" in message
+    response = client.patch(f"/v1/runs/{job_id}/0", json={"label": "L1H0 off"})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["label"] == "L1H0 off"
-    bad = client.patch(f"/v1/runs/{job_id}/0", data="label=x")
-    assert bad.status_code == 422 and "JSON object" in bad.get_json()["error"]["message"]
 
 
 def test_a_model_not_served_says_how_to_serve_it(client):

@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 
-def unknown_fields(body: bytes | str | dict | None, wire: Any) -> list[str]:
+def unknown_fields(body: bytes | bytearray | str | dict | None, wire: Any) -> list[str]:
     """Dotted paths (``subRequests.0.nodeAblation``) of the body's keys that ``wire`` lacks."""
-    if isinstance(body, bytes | str):
+    if isinstance(body, bytes | bytearray | str):
         try:
             body = json.loads(body)
         except ValueError:
