@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from api.charts import fmt
-from api.cli.common import cut_middle
+from api.cli.common import client_of, cut_middle
 from models.store.run_keys import ablation_key
 
 SUMMARY_NODES = 10
@@ -98,13 +98,6 @@ def format_summary(result: dict, base_url: str = "", top: int = SUMMARY_NODES) -
 # --- commands -------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace):
-    from api.client import Client
-    from models.settings import Settings
-
-    return Client(args.url or Settings().api_url)
-
-
 def _baseline_of(client, run: str, timeout: float | None) -> str:
     """The address of RUN's clean baseline, submitting and awaiting it if none finished."""
     from api.client import ClientError
@@ -125,7 +118,7 @@ def _baseline_of(client, run: str, timeout: float | None) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_of(args)
     if args.baseline:
         if args.b:
             raise SystemExit("actq: compare RUN --baseline takes one run")
@@ -144,7 +137,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     has_ablations = True if args.ablated else False if args.clean else None
-    page = _client(args).runs(
+    page = client_of(args).runs(
         model=args.model,
         prompt=args.prompt,
         promptContains=args.contains,
