@@ -13,6 +13,7 @@ back, so an accepted job is never left without a message.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -93,7 +94,9 @@ def parse_and_validate(endpoint: str, body: bytes | bytearray, model_name: str |
     check_cost(cost, settings.max_response_bytes, settings.max_job_memory_bytes)
     wire = to_wire(parsed)
     if b"\\u0000" in body:  # JSON's only spelling of a NUL inside a string
-        limits.check_no_nul(wire)
+        # The whole body, not only the parsed request: an unknown key is kept in the job's
+        # warnings, and PostgreSQL's JSON cannot store a NUL there either.
+        limits.check_no_nul(json.loads(body))
     return served, wire
 
 

@@ -55,6 +55,14 @@ def test_a_nul_in_a_prompt_is_a_422(served):
     _refused(response, "inferenceRequestSpec.prompt")
 
 
+def test_a_nul_in_an_unknown_key_is_a_422(served):
+    """The fuzzer's case: an unknown key is kept in the job's warnings, so a NUL in it was a 500."""
+    request = {"\u0000": None, "inferenceSubRequests": [{"inferenceRequestSpec": {"prompt": "0"}}]}
+    response = requests.post(f"{served.url}/v1/batched?fresh=1", json=request)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["error"]["type"] == "validation_error"
+
+
 @pytest.mark.parametrize(
     ("edit", "path"),
     [
