@@ -11,7 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sqlalchemy.orm import object_session
 
+from models.store.lifecycle import JobStatus
 from models.store.tables import Job, Run
 
 
@@ -91,6 +93,11 @@ class JobView(ApiModel):
     run_seconds: float | None = Field(None, description="from the last start to the end")
     engine_seconds: float | None = None
     attempts: int
+    queue_position: int | None = Field(
+        None,
+        description="while queued: how many queued jobs of its model run before it in the fair "
+        "order between owners (0: next); null once started",
+    )
     worker: str | None = None
     error: ErrorDetail | None = None
     cache_hit: bool = Field(
@@ -208,6 +215,7 @@ def job_view(job: Job) -> JobView:
         run_seconds=_seconds(job.started_at, job.finished_at),
         engine_seconds=job.engine_seconds,
         attempts=job.attempts,
+        queue_position=queue_position(job),
         worker=admin_only(job.worker),
         error=error,
         cache_hit=job.cache_of is not None,
@@ -218,6 +226,25 @@ def job_view(job: Job) -> JobView:
         result_url=f"{url}/result",
         links=Links(self_=url, result=f"{url}/result"),
     )
+
+
+def queue_position(job: Job) -> int | None:
+    """The job's place in its model's fair order (``models.store.fairness``), None unless queued.
+
+    One request works the order out once per model (``flask.g``), however many jobs it shows."""
+    if job.status != JobStatus.QUEUED.value:
+        return None
+    from flask import current_app, g
+
+    from api.database import get_session
+    from models.store.fairness import queue_positions
+
+    cache = g.setdefault("actq_queue_positions", {})
+    if job.model not in cache:
+        settings = current_app.config["ACTQ_SETTINGS"]
+        session = object_session(job) or get_session()
+        cache[job.model] = queue_positions(session, job.model, settings.max_attempts)
+    return cache[job.model].get(job.id)
 
 
 def admin_only(value: Any) -> Any:

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import ActqError
+from models.store import fairness, recovery
 from models.store import jobs as store
-from models.store import recovery
 from models.store.runs import run_losses
 from models.wire.encoding import dumps
 from worker.engine.stopping import check_stop, stop_when
@@ -39,6 +39,7 @@ Runner = Callable[[str, Any, Any], dict]
 
 @dataclass(frozen=True)
 class Claimed:
+    job_id: str  # the job claimed: the message's own, or the one the fair order put first
     attempt: int
     endpoint: str
     model: str
@@ -50,20 +51,60 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+Publish = Callable[[str, str], None]  # (job id, model): send the job's message again
+
+
 def claim(
     sessions: sessionmaker[Session],
     job_id: str,
     worker: str,
     lease_seconds: float,
     max_attempts: int | None = None,
+    publish: Publish | None = None,
 ) -> Claimed | None:
-    """Claim the job; returns what the run needs, or None."""
+    """Claim the job the fair order puts first for a message of ``job_id``
+    (``models.store.fairness``); returns what the run needs, or None.
+
+    When that is another job, ``job_id`` goes back to the outbox in the same transaction and is
+    published again with ``publish`` (else by the reaper)."""
     with sessions.begin() as session:
-        attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
+        chosen = fairness.next_fair_job(session, job_id, max_attempts)
+        attempt = None
+        if chosen != job_id:
+            attempt = store.claim_job(
+                session, chosen, worker, lease_seconds, max_attempts=max_attempts
+            )
+        if attempt is None:  # its own turn, or another worker took the chosen job first
+            chosen = job_id
+            attempt = store.claim_job(
+                session, job_id, worker, lease_seconds, max_attempts=max_attempts
+            )
         if attempt is None:
             return None
-        job = store.get_job(session, job_id)
-        return Claimed(attempt, job.endpoint, job.model, job.request, list(job.tags or []))
+        # the message's job, if still queued, needs a new message: it goes back to the outbox
+        republish = chosen != job_id and recovery.unpublish(session, job_id)
+        job = store.get_job(session, chosen)
+        claimed = Claimed(
+            chosen, attempt, job.endpoint, job.model, job.request, list(job.tags or [])
+        )
+    if chosen != job_id:
+        log.info("Job %s: its turn went to %s (fair order between owners)", job_id, chosen)
+    if republish:
+        _republish(sessions, job_id, claimed.model, publish)
+    return claimed
+
+
+def _republish(sessions, job_id: str, model: str, publish: Publish | None) -> None:
+    """Send a message again for a job whose turn another job took; the reaper does it if this
+    fails (the job is in the outbox)."""
+    if publish is None:
+        return
+    try:
+        publish(job_id, model)
+        with sessions.begin() as session:
+            recovery.mark_published(session, job_id)
+    except Exception as error:  # the broker or the database is away: the reaper will publish it
+        log.warning("Job %s: could not publish it again (%s); the reaper will", job_id, error)
 
 
 @contextmanager
@@ -229,8 +270,14 @@ def execute_job(
     limits: JobLimits | None = None,
     lease_seconds: float | None = None,
     heartbeat_seconds: float | None = None,
+    publish: Publish | None = None,
+    done: Callable[[str], None] | None = None,
 ) -> str | None:
     """Run one job end to end; returns its final status, or None if it was not claimable.
+
+    The job run is the one the fair order puts first for a message of ``job_id`` (``claim``);
+    ``publish`` sends the message's own job again when that is another one; ``done`` is called
+    with the id of the job run once its outcome is stored.
 
     ``model`` returns the loaded model (called only after a successful claim, so a duplicate
     message never loads anything); ``runner`` defaults to ``worker.engine.run``. ``limits``
@@ -239,11 +286,19 @@ def execute_job(
     worker = worker or worker_name()
     overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
     limits = replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
-    job = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts)
+    job = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts, publish)
     if job is None:
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
-    log.info("Job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
+    log.info("Job %s: claimed by %s (attempt %d)", job.job_id, worker, job.attempt)
+    status = _run_claimed(sessions, job, model, runner, limits)
+    if done is not None and status in ("finished", "failed", "canceled"):
+        done(job.job_id)
+    return status
+
+
+def _run_claimed(sessions, job: Claimed, model, runner, limits: JobLimits) -> str:
+    job_id = job.job_id
     with heartbeat(sessions, job_id, job.attempt, limits.heartbeat_seconds):
         stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
         if stopped:

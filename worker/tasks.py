@@ -6,6 +6,9 @@ the Celery task is a thin wrapper that supplies this process's database sessions
 
 What happens to a job, and why it is safe:
 
+* **Turn** (``models.store.fairness``): a message is a turn of its model's queue; the job claimed
+  is the one the fair order between owners puts first (the message's own job, or another one,
+  and then the message's job is published again).
 * **Claim** (``models.store.jobs.claim_job``): ``queued -> started``, attempts + 1, worker name, start
   time and heartbeat, in one conditional UPDATE. A redelivered message for a job that is finished,
   failed, canceled, or started by a live worker claims nothing and is acknowledged as a no-op.
@@ -36,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import redis
 from sqlalchemy.exc import DBAPIError
@@ -44,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.settings import Settings
 from models.store import recovery
 from models.store.db import make_engine, make_sessionmaker
-from models.store.lifecycle import JOB_DONE_CHANNEL, TASK_NAME, JobStatus
+from models.store.lifecycle import JOB_DONE_CHANNEL, TASK_NAME, JobStatus, queue_name
 from worker.execution import DB_CONNECTION_ERRORS, execute_job, with_db_retry
 from worker.limits import JobLimits
 
@@ -143,9 +147,11 @@ def run_job(task, job_id: str) -> str | None:
             model=_state.model,
             worker=f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
             limits=JobLimits.from_settings(settings),
+            publish=lambda other, model: task.app.send_task(
+                TASK_NAME, args=[other], queue=queue_name(model)
+            ),
+            done=_state.announce_done,
         )
-        if status in FINAL_STATUSES:
-            _state.announce_done(job_id)
         return status
     except (*DB_CONNECTION_ERRORS, DBAPIError) as error:
         if not isinstance(error, DB_CONNECTION_ERRORS) and not error.connection_invalidated:
@@ -165,7 +171,38 @@ def fail_on_hard_timeout(job_id: str, node: str, seconds: float | None) -> bool:
     failed = with_db_retry(write, _state.settings.lease_seconds)
     if failed:  # Celery may report one kill twice; the second finds the job already failed
         log.error("Job %s: killed at the hard time limit (%ss); failed", job_id, seconds)
+    else:  # the message's turn may have run another job (models.store.fairness): find it
+        threading.Thread(
+            target=_fail_orphans, args=(node, seconds), name="hard-limit", daemon=True
+        ).start()
     return failed
+
+
+def _fail_orphans(node: str, seconds: float | None, patience: float = 15.0) -> None:
+    """Fail with ``timeout`` the started jobs of ``node`` whose pool process is gone (Celery
+    calls the hard-limit handler before it kills the process, so look for a while)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        with _state.sessions().begin() as session:
+            held = recovery.held_by_node(session, node)
+            gone = [(i, w) for i, w in held if not _process_alive(w.rsplit(":", 1)[-1])]
+            for job_id, holder in gone:
+                if recovery.fail_timed_out(session, job_id, node, seconds, holder=holder):
+                    log.error(
+                        "Job %s: killed at the hard time limit (%ss); failed", job_id, seconds
+                    )
+        if gone:
+            return
+        time.sleep(0.5)
+
+
+def _process_alive(pid: str) -> bool:
+    """True when the process runs on this machine (a zombie, killed but not reaped, is gone)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def register(app) -> None:

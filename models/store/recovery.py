@@ -48,6 +48,15 @@ def mark_published(session: Session, job_id: str, now: dt.datetime | None = None
     return _update(session, Job.id == job_id, published_at=now or utcnow()) == 1
 
 
+def unpublish(session: Session, job_id: str) -> bool:
+    """Put a queued job back in the outbox: its message was spent on another job's turn
+    (``models.store.fairness``), so it needs a new one."""
+    return (
+        _update(session, Job.id == job_id, Job.status == JobStatus.QUEUED.value, published_at=None)
+        == 1
+    )
+
+
 def unpublished_jobs(
     session: Session, older_than: dt.datetime, limit: int = REAP_BATCH
 ) -> list[tuple[str, str]]:
@@ -171,20 +180,38 @@ def reap(
     return done
 
 
+def held_by_node(session: Session, node: str) -> list[tuple[str, str]]:
+    """(id, worker) of the started jobs held by the processes of Celery node ``node``."""
+    query = select(Job.id, Job.worker).where(
+        Job.status == JobStatus.STARTED.value, Job.worker.startswith(f"{node}:", autoescape=True)
+    )
+    return [(job_id, worker) for job_id, worker in session.execute(query)]
+
+
 def fail_timed_out(
-    session: Session, job_id: str, worker_prefix: str, seconds: float | None
+    session: Session,
+    job_id: str,
+    worker_prefix: str,
+    seconds: float | None,
+    holder: str | None = None,
 ) -> bool:
     """Fail a started job held by a worker process killed at the hard time limit.
 
     ``worker_prefix`` is the Celery node name that ran it (``Job.worker`` is ``NODE:PID``), so a
-    job that another worker took over meanwhile is left alone.
+    job that another worker took over meanwhile is left alone; ``holder``, when given, is the
+    exact ``NODE:PID``.
     """
+    held = (
+        Job.worker == holder
+        if holder
+        else Job.worker.startswith(f"{worker_prefix}:", autoescape=True)
+    )
     return (
         _update(
             session,
             Job.id == job_id,
             Job.status == JobStatus.STARTED.value,
-            Job.worker.startswith(f"{worker_prefix}:", autoescape=True),
+            held,
             status=JobStatus.FAILED.value,
             error=timeout_error(seconds, hard=True),
             finished_at=utcnow(),
