@@ -74,17 +74,32 @@ def response_parts(
     if not response:
         return None, {}
     if endpoint in BATCHED:
-        sub = (response.get("inferenceSubResponses") or [])[index]
-        inference = sub.get("inferenceResponse") or {}
-        return inference.get("inferenceAndTokenData"), dict(
-            sub.get("processingResponseDataByName") or {}
-        )
-    data = {
-        key.removesuffix("ResponseData"): value
-        for key, value in response.items()
-        if key.endswith("ResponseData") and isinstance(value, dict)
-    }
-    return response.get("inferenceAndTokenData"), data
+        return part_data(endpoint, (response.get("inferenceSubResponses") or [])[index])
+    return part_data(endpoint, response)
+
+
+def part_data(endpoint: str, part: dict[str, Any] | None) -> tuple[dict | None, dict[str, Any]]:
+    """(inferenceAndTokenData, response data by name) of one run's part of a response: its
+    sub-response in a batched job, the whole response otherwise. Data that is not compared
+    keeps only its kind, so a side holds no more than the comparison reads."""
+    if not part:
+        return None, {}
+    if endpoint in BATCHED:
+        inference = part.get("inferenceResponse") or {}
+        token_data = inference.get("inferenceAndTokenData")
+        data = dict(part.get("processingResponseDataByName") or {})
+    else:
+        token_data = part.get("inferenceAndTokenData")
+        data = {
+            key.removesuffix("ResponseData"): value
+            for key, value in part.items()
+            if key.endswith("ResponseData") and isinstance(value, dict)
+        }
+    for name, value in data.items():
+        kind = value.get("responseDataType") if isinstance(value, dict) else None
+        if kind in NOT_COMPARED:
+            data[name] = {"responseDataType": kind}
+    return token_data, data
 
 
 def run_side(
@@ -93,12 +108,13 @@ def run_side(
     model: str,
     model_revision: str | None,
     request: dict | None,
-    response: dict | None,
+    part: dict | None,
     index: int,
     **extra: Any,
 ) -> RunSide:
-    """A RunSide for run ``index`` of a job, from the job's stored request and response."""
-    token_data, data = response_parts(endpoint, response, index)
+    """A RunSide for run ``index`` of a job, from the job's stored request and the run's part of
+    its response (``part_data``)."""
+    token_data, data = part_data(endpoint, part)
     return RunSide(
         address=address,
         endpoint=endpoint,

@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from api.comparison import RunSide, run_side, sub_request
+from api.comparison import BATCHED, RunSide, run_side, sub_request
 from api.schemas import ApiModel, utc_json
 from api.served import family_of
-from models.store.jobs import response_bytes
+from models.store.response_stream import read_parts
 from models.store.run_keys import ablation_keys
 from models.store.tables import Run
 
@@ -112,21 +112,26 @@ def run_detail(run: Run) -> RunDetail:
     return run_view(run, RunDetail, request=request)
 
 
-def stored_response(run: Run) -> dict[str, Any] | None:
-    raw = response_bytes(run.job)
-    return None if raw is None else json.loads(raw)
+def stored_parts(job, indices: set[int]) -> tuple[dict[int, Any], int]:
+    """The runs' parts of the job's stored response (``models.store.response_stream``: decoded
+    once, only those parts built); ({}, 0) without a response."""
+    if job.response is None:
+        return {}, 0
+    return read_parts(job.response, indices, job.endpoint in BATCHED)
 
 
-def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
-    """The run as ``api.comparison`` sees it (``response``: the job's, if already loaded)."""
+def side_of(run: Run, part: dict[str, Any] | None = None) -> RunSide:
+    """The run as ``api.comparison`` sees it (``part``: its part of the response, if read)."""
     job = run.job
+    if part is None:
+        part = stored_parts(job, {run.index})[0].get(run.index)
     return run_side(
         run.address,
         job.endpoint,
         run.model,
         run.model_revision,
         job.request,
-        response if response is not None else stored_response(run),
+        part,
         run.index,
         status=job.status,
         label=run.label,
@@ -139,6 +144,8 @@ def side_of(run: Run, response: dict[str, Any] | None = None) -> RunSide:
 
 def sides_of(a: Run, b: Run) -> tuple[RunSide, RunSide]:
     """Both sides, reading a shared job's response once."""
-    response_a = stored_response(a)
-    response_b = response_a if a.job_id == b.job_id else stored_response(b)
-    return side_of(a, response_a), side_of(b, response_b)
+    if a.job_id == b.job_id:
+        parts = stored_parts(a.job, {a.index, b.index})[0]
+        return side_of(a, parts.get(a.index) or {}), side_of(b, parts.get(b.index) or {})
+    side_a = side_of(a)
+    return side_a, side_of(b)

@@ -9,7 +9,8 @@ that the **fair order** puts first, which may be another job than the message's 
   of the model goes first; ties go to the owner whose last job of the model started longest ago
   (never started first), then to the oldest queued job. With one worker this is round-robin
   between owners;
-* within an owner, jobs run oldest first.
+* within an owner, jobs run in the order of their messages, and a job whose turn went to
+  another owner runs before that owner's younger jobs.
 
 When the chosen job is not the message's own, the message's job goes back to the outbox
 (``published_at`` NULL, in the claim's transaction) and the worker publishes it again at once;
@@ -82,9 +83,17 @@ def _claimable_queued(model: str, max_attempts: int | None):
 
 
 def next_fair_job(session: Session, job_id: str, max_attempts: int | None = None) -> str:
-    """The job a message for ``job_id`` should claim: ``job_id`` itself unless it is queued and
-    the fair order puts another queued job of its model first."""
-    row = session.execute(select(Job.status, Job.model).where(Job.id == job_id)).first()
+    """The job a message for ``job_id`` should claim: ``job_id`` itself, unless it is queued and
+    the fair order puts another queued job of its model first.
+
+    That is the oldest queued job of the owner the order prefers, when that owner is another
+    one; within the message's own owner, the message's job runs (messages keep their order),
+    unless an older job of the owner was published again after it (its turn went to another
+    owner, and its new message is behind): then that one runs, so an owner's jobs keep theirs.
+    """
+    row = session.execute(
+        select(Job.status, Job.model, Job.owner, Job.published_at).where(Job.id == job_id)
+    ).first()
     if row is None or row.status != JobStatus.QUEUED.value:
         return job_id  # a duplicate, or a stale started job to take over: claim as before
     oldest = dict(
@@ -94,13 +103,17 @@ def next_fair_job(session: Session, job_id: str, max_attempts: int | None = None
             .group_by(Job.owner)
         ).all()
     )
-    if not oldest:
-        return job_id
-    if len(oldest) == 1:
-        return next(iter(oldest.values()))
-    loads = _loads(session, row.model, list(oldest))
-    owner = min(oldest, key=lambda o: (*loads[o].key(), oldest[o]))
-    return oldest[owner]
+    owner = row.owner
+    if len(oldest) > 1:
+        loads = _loads(session, row.model, list(oldest))
+        own = (*loads[owner].key(), "") if owner in loads else None  # ties: the message's owner
+        owner = min(oldest, key=lambda o: own if o == row.owner else (*loads[o].key(), oldest[o]))
+    first = oldest.get(owner, job_id)
+    if owner != row.owner or first == job_id:
+        return first
+    published = session.execute(select(Job.published_at).where(Job.id == first)).scalar()
+    behind = published is not None and (row.published_at is None or published > row.published_at)
+    return first if behind else job_id
 
 
 def queue_positions(
