@@ -108,13 +108,18 @@ def run_side(
     model: str,
     model_revision: str | None,
     request: dict | None,
-    part: dict | None,
+    response: dict | None,
     index: int,
+    *,
+    part: dict | None = None,
     **extra: Any,
 ) -> RunSide:
-    """A RunSide for run ``index`` of a job, from the job's stored request and the run's part of
-    its response (``part_data``)."""
-    token_data, data = part_data(endpoint, part)
+    """A RunSide for run ``index`` of a job, from the job's stored request and response, or
+    from ``part``, the run's part of the response read alone (``part_data``)."""
+    if part is not None:
+        token_data, data = part_data(endpoint, part)
+    else:
+        token_data, data = response_parts(endpoint, response, index)
     return RunSide(
         address=address,
         endpoint=endpoint,
