@@ -18,9 +18,10 @@ from urllib.parse import urlencode
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from api.database import get_session
-from api.schemas import JobList, accepted, job_view
+from api.schemas import JobList, SkippedRow, accepted, job_view
 from api.submission import request_body, submit, wait_cap, wait_for
 from models.errors import ActqError, NotFoundError, RequestValidationError
+from models.store.corrupt import job_corruption, split_readable
 from models.store.jobs import JobFilter, get_job, list_jobs, response_bytes
 from models.store.lifecycle import ENDPOINTS, JobStatus
 from models.store.recovery import request_cancel
@@ -239,5 +240,9 @@ def history():
     if cursor:
         args = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         next_url = "/v1/jobs?" + urlencode([*args, ("cursor", cursor)])
-    page = JobList(jobs=[job_view(job) for job in jobs], next_cursor=cursor, next=next_url)
+    jobs, bad = split_readable(jobs, job_corruption)
+    skipped = [SkippedRow(id=job.id, reason=reason) for job, reason in bad]
+    page = JobList(
+        jobs=[job_view(job) for job in jobs], skipped=skipped, next_cursor=cursor, next=next_url
+    )
     return jsonify(page.body())

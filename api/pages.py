@@ -29,6 +29,7 @@ from api.run_views import compare_query, run_detail, run_view
 from api.runs import comparison_of, no_baseline_message, run_filter, submit_clean_twin
 from api.submission import check_metadata
 from models.errors import ActqError
+from models.store.corrupt import run_corruption, split_readable
 from models.store.history import edit_run, find_baseline, find_run, list_runs
 
 bp = Blueprint("pages", __name__)
@@ -82,9 +83,11 @@ def runs_page():
     if cursor:
         args = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         older = "/runs?" + urlencode([*args, ("cursor", cursor)])
+    runs, bad = split_readable(runs, run_corruption)
     return render_template(
         "runs.html",
         runs=[run_view(run) for run in runs],
+        skipped=[(run.address, reason) for run, reason in bad],
         filters={k: request.args.get(k, "") for k in FILTER_FIELDS},
         older=older,
     )

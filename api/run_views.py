@@ -15,8 +15,9 @@ from urllib.parse import quote
 from pydantic import Field
 
 from api.comparison import BATCHED, RunSide, run_side, sub_request
-from api.schemas import ApiModel, utc_json
+from api.schemas import ApiModel, SkippedRow, utc_json
 from api.served import family_of
+from models.store.corrupt import DamagedRowError
 from models.store.response_stream import read_parts
 from models.store.run_keys import ablation_keys
 from models.store.tables import Run
@@ -56,6 +57,9 @@ class RunDetail(RunView):
 
 class RunList(ApiModel):
     runs: list[RunView]
+    skipped: list[SkippedRow] = Field(
+        default_factory=list, description="rows of this page left out: their stored data is damaged"
+    )
     next_cursor: str | None = None
     next: str | None = Field(None, description="URL of the next page, when there is one")
 
@@ -117,7 +121,10 @@ def stored_parts(job, indices: set[int]) -> tuple[dict[int, Any], int]:
     once, only those parts built); ({}, 0) without a response."""
     if job.response is None:
         return {}, 0
-    return read_parts(job.response, indices, job.endpoint in BATCHED)
+    try:
+        return read_parts(job.response, indices, job.endpoint in BATCHED)
+    except ValueError as error:
+        raise DamagedRowError(f"job {job.id}: {error}", "id") from error
 
 
 def side_of(run: Run, part: dict[str, Any] | None = None) -> RunSide:

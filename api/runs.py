@@ -25,9 +25,10 @@ from api.run_views import (
     run_view,
     sides_of,
 )
-from api.schemas import accepted, job_view
+from api.schemas import SkippedRow, accepted, job_view
 from api.submission import check_metadata, submit
 from models.errors import NotFoundError, RequestError, RequestValidationError
+from models.store.corrupt import run_corruption, split_readable
 from models.store.history import (
     RunFilter,
     edit_job,
@@ -85,7 +86,11 @@ def history():
     if cursor:
         args = [(k, v) for k, v in request.args.items(multi=True) if k != "cursor"]
         next_url = "/v1/runs?" + urlencode([*args, ("cursor", cursor)])
-    page = RunList(runs=[run_view(run) for run in runs], next_cursor=cursor, next=next_url)
+    runs, bad = split_readable(runs, run_corruption)
+    skipped = [SkippedRow(id=run.address, reason=reason) for run, reason in bad]
+    page = RunList(
+        runs=[run_view(run) for run in runs], skipped=skipped, next_cursor=cursor, next=next_url
+    )
     return jsonify(page.body())
 
 

@@ -113,8 +113,16 @@ class JobView(ApiModel):
     links: Links
 
 
+class SkippedRow(ApiModel):
+    id: str = Field(description="the job id, or JOB/N for a run")
+    reason: str = Field(description="what in its stored row no longer reads")
+
+
 class JobList(ApiModel):
     jobs: list[JobView]
+    skipped: list[SkippedRow] = Field(
+        default_factory=list, description="rows of this page left out: their stored data is damaged"
+    )
     next_cursor: str | None = None
     next: str | None = Field(None, description="URL of the next page, when there is one")
 

@@ -28,7 +28,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_every_benchmark_is_covered():
     # a new one gets its run below
-    assert BENCHMARKS == ["autoencoders.py", "cost.py", "engine.py", "records.py", "service.py"]
+    assert BENCHMARKS == [
+        "autoencoders.py",
+        "compare.py",
+        "cost.py",
+        "engine.py",
+        "records.py",
+        "service.py",
+    ]
 
 
 def test_the_autoencoder_benchmark_runs_quick():
@@ -39,6 +46,12 @@ def test_the_autoencoder_benchmark_runs_quick():
 def test_the_cost_benchmark_runs_quick():
     done = _run("cost.py", _env())
     assert len(done.stdout.strip().splitlines()) == 3, done.stdout  # header and two shapes
+
+
+def test_the_compare_benchmark_runs_quick():
+    done = _run("compare.py", _env())
+    assert re.search(r"^route \(streamed runs\)\s+[\d.+]+\s+[\d.]+\s+[\d.]+$", done.stdout, re.M)
+    assert "before (whole responses)" in done.stdout, done.stdout
 
 
 def test_the_records_benchmark_runs_quick():

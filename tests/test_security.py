@@ -57,6 +57,13 @@ def test_a_no_cors_fetch_from_another_origin_creates_no_job(served):
 
 
 @pytest.mark.slow
+def test_no_response_names_the_server_s_version(served):
+    for path in ("/healthz", "/v1/jobs", "/no-such-page"):
+        server = requests.get(f"{served.url}{path}", timeout=30).headers.get("Server", "")
+        assert server in ("", "actq", "gunicorn"), server  # werkzeug said Werkzeug/3.1 Python/3.11
+
+
+@pytest.mark.slow
 def test_a_body_less_cancel_from_another_origin_is_refused(served):
     job_id = requests.post(
         f"{served.url}/v1/{DS['endpoint']}?fresh=1", json=DS["request"], timeout=30

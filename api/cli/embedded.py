@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 import migrations
 from models.settings import Settings
@@ -132,6 +132,14 @@ def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
         process.wait()
 
 
+class QuietRequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler, but its ``Server`` header names no server or Python version (what
+    a scanner would match against known holes); gunicorn's says ``gunicorn`` only."""
+
+    def version_string(self) -> str:
+        return "actq"
+
+
 def serve(settings: Settings, host: str, port: int, verbose: bool = False) -> int:
     """Run the embedded stack in the foreground until interrupted; returns an exit code.
 
@@ -161,7 +169,7 @@ def serve(settings: Settings, host: str, port: int, verbose: bool = False) -> in
     app = create_app(settings)
     if not verbose:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
     worker = start_worker(settings, verbose)
     stopping = threading.Event()
 

@@ -46,7 +46,44 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JSONType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+class CorruptValue(dict):
+    """What a JSON column reads as when its stored text no longer parses (a row damaged on
+    disk or edited by hand): empty, so a view shows nothing for it, and recognisable, so lists
+    skip the row and say so (``corrupt_reason``) instead of failing the whole page."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class TolerantJSON(TypeDecorator):
+    """JSONB on PostgreSQL, JSON on SQLite; a stored value that does not parse is read as a
+    ``CorruptValue`` instead of raising while the whole result is loaded."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def result_processor(self, dialect, coltype):
+        inner = super().result_processor(dialect, coltype)
+        if inner is None:
+            return None
+
+        def process(value):
+            try:
+                return inner(value)
+            except ValueError as error:
+                return CorruptValue(f"stored JSON does not parse ({error})")
+
+        return process
+
+
+JSONType = TolerantJSON()
 
 
 class UTCDateTime(TypeDecorator):
