@@ -8,7 +8,7 @@ first with the last run of the second and reports the process's peak resident me
 what it held before: through the API route (runs read as streams, ``models.store.response_stream``)
 and as the route did before (each response decompressed and ``json.loads``-ed whole).
 
-    flock /tmp/actq-bigmem.lock python benchmarks/compare.py [--k 5000] [--quick]
+    flock /tmp/actq-bigmem.lock python benchmarks/compare.py [--k 1000] [--quick]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def whole_responses_compare(app, a: str, b: str) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(GOLDEN_MODEL))
-    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--most", type=int, default=64, help="sub-requests to try at most")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (for the tests)")
