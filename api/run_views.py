@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from api.comparison import BATCHED, RunSide, run_side, sub_request
+from api.comparison import BATCHED, NOT_COMPARED, RunSide, run_side, sub_request
 from api.schemas import ApiModel, SkippedRow, utc_json
 from api.served import family_of
 from models.store.corrupt import DamagedRowError
@@ -116,13 +116,16 @@ def run_detail(run: Run) -> RunDetail:
     return run_view(run, RunDetail, request=request)
 
 
+UNREAD_KINDS = frozenset(NOT_COMPARED)  # kept as their kind alone (``api.comparison.part_data``)
+
+
 def stored_parts(job, indices: set[int]) -> tuple[dict[int, Any], int]:
     """The runs' parts of the job's stored response (``models.store.response_stream``: decoded
     once, only those parts built); ({}, 0) without a response."""
     if job.response is None:
         return {}, 0
     try:
-        return read_parts(job.response, indices, job.endpoint in BATCHED)
+        return read_parts(job.response, indices, job.endpoint in BATCHED, UNREAD_KINDS)
     except ValueError as error:
         raise DamagedRowError(f"job {job.id}: {error}", "id") from error
 

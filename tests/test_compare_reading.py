@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 
 from api.comparison import compare, run_side
 from models.store import jobs as store
@@ -41,6 +42,27 @@ def test_one_run_is_read_without_decoding_past_it(sessions):
     parts, decoded = read_parts(job.response, {0, RUNS - 1}, batched=True)
     assert set(parts) == {0, RUNS - 1}
     assert decoded <= job.response_size  # two runs of one job: one decoding, at most
+
+
+def test_data_that_is_not_compared_is_kept_as_its_kind_alone(sessions):
+    request, response = _eight_runs()
+    job = _job(sessions, store_finished(sessions, request, response))
+    sub = json.loads(store.response_bytes(job))["inferenceSubResponses"][3]
+    skip = frozenset({"scored_tokens_response_data"})
+    parts, _ = read_parts(job.response, {3}, batched=True, skip_kinds=skip)
+    data, read = sub["processingResponseDataByName"], parts[3]["processingResponseDataByName"]
+    assert read["upvotedOutputTokens"] == {"responseDataType": "scored_tokens_response_data"}
+    kept = {k: v for k, v in data.items() if v["responseDataType"] not in skip}
+    assert {k: v for k, v in read.items() if k in kept} == kept  # the rest exactly as stored
+    assert parts[3]["inferenceResponse"] == sub["inferenceResponse"]
+    whole = json.loads(store.response_bytes(job))
+    alone, _ = read_parts(
+        zlib.compress(json.dumps(whole["inferenceSubResponses"][3]).encode()),
+        {0},
+        batched=False,
+        skip_kinds=skip,
+    )
+    assert alone[0] == parts[3]  # one run's response read whole: the same pruning
 
 
 def test_compare_answers_as_from_the_whole_response(app, app_sessions):
