@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.settings import Settings
 from models.store import recovery
 from models.store.db import make_engine, make_sessionmaker
-from models.store.lifecycle import JOB_DONE_CHANNEL, TASK_NAME, JobStatus, queue_name
+from models.store.lifecycle import JOB_DONE_CHANNEL, TASK_NAME, queue_name
 from worker.execution import DB_CONNECTION_ERRORS, execute_job, with_db_retry
 from worker.limits import JobLimits
 
@@ -132,9 +132,6 @@ def dispose_connections() -> None:
 def process_sessions() -> sessionmaker[Session]:
     """This process's database sessions (the reaper in a worker's main process uses them)."""
     return _state.sessions()
-
-
-FINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_final)
 
 
 def run_job(task, job_id: str) -> str | None:
