@@ -114,13 +114,17 @@ def test_reduced_dtype_is_within_the_stated_tolerance(dirs, name, dtype, monkeyp
                 continue
             a, b = getattr(ref, kind)[key][0], getattr(low, kind)[key][0]
             assert b.dtype == getattr(torch, dtype), (kind, key, b.dtype)
-            bound = tol["scale_grads"] if kind == "grads" and key[0].endswith("scale") else tol[kind]
+            bound = (
+                tol["scale_grads"] if kind == "grads" and key[0].endswith("scale") else tol[kind]
+            )
             _close(b.float(), a, (kind, key), rel=bound)
     # the whole TDB UI pair answers, its losses within the stated tolerance
     request = json.loads(
         (GOLDEN_DIR / "cases" / "061-tdb-ui-pair-clean-and-ablated.json").read_text()
     )["request"]
-    answers = [run("batched_tdb", request, m)["inferenceSubResponses"] for m in (reference, reduced)]
+    answers = [
+        run("batched_tdb", request, m)["inferenceSubResponses"] for m in (reference, reduced)
+    ]
     for a, b in zip(*answers, strict=True):
         a_loss = a["inferenceResponse"]["inferenceAndTokenData"]["loss"]
         b_loss = b["inferenceResponse"]["inferenceAndTokenData"]["loss"]
