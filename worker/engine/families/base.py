@@ -189,6 +189,13 @@ class ModelWeights:
         return ("resid.post_emb", None) if layer == 0 else ("resid.post_mlp", layer - 1)
 
     # -- attention pieces --------------------------------------------------------------------
+    def rotary_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, 1, R] at `positions` [B, T], broadcasting over a [B, T, H, e] head
+        axis, in the weights' dtype (computed in float32)."""
+        cos, sin = rotary_tables(self.arch.rotary_inv_freq, positions)
+        dtype = self.compute_dtype
+        return cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype)
+
     def rotary(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotary at `positions` (broadcasting against x's leading axes), or x unchanged."""
         if self.arch.rotary_inv_freq is None:
