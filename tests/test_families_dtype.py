@@ -23,11 +23,12 @@ from worker.engine.losses import LossSpec
 
 # README "Model families": max |reduced - float32| over a tensor, relative to the tensor's largest
 # float32 magnitude (activations, gradients, gradients of the norm scales: a sum over d that
-# cancels), and the loss's relative error. Measured on these models (5 families x 2 seeds) the
-# worst were bf16 0.045 / 0.093 / 0.33, fp16 0.005 / 0.009 / 0.014.
+# cancels), and the UI pair's loss (a logit difference) relative to max(|loss|, 1). Measured on
+# these models (5 families x 2 seeds) the worst were bf16 0.045 / 0.093 / 0.33 / 0.135, fp16
+# 0.005 / 0.009 / 0.014 / 0.032.
 TOLERANCE = {
-    "bfloat16": {"saved": 0.08, "grads": 0.15, "scale_grads": 0.5, "loss": 0.05},
-    "float16": {"saved": 0.01, "grads": 0.02, "scale_grads": 0.03, "loss": 0.01},
+    "bfloat16": {"saved": 0.08, "grads": 0.15, "scale_grads": 0.5, "loss": 0.2},
+    "float16": {"saved": 0.01, "grads": 0.02, "scale_grads": 0.03, "loss": 0.05},
 }
 
 
