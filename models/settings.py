@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL  # what a worker serves: a name, hub id, DIR or NAME=DIR
     models: str | None = None  # what the API accepts, comma-separated; default: ``model``
     device: str | None = None
+    # what a worker computes in (worker.engine.loading.COMPUTE_DTYPES); bf16/fp16 checkpoints are
+    # upcast to float32 unless this says otherwise. A bad value stops every command at startup.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # the AEs a worker serves with its model: a folder (TDB or SAELens format) or NAME=DIR
     mlp_autoencoder: str | None = None
     attention_autoencoder: str | None = None

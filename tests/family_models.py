@@ -121,6 +121,39 @@ def gpt2_tokenizer(bos: bool = False) -> Tokenizer:
     return tokenizer
 
 
+SP_BOS = "<s>"
+SP_CORPUS = (
+    "Paris is the capital of France, and Berlin is the capital of Germany. "
+    "Rome is the capital of Italy. The cat sat on the mat."
+)
+
+
+def sentencepiece_tokenizer() -> Tokenizer:
+    """A Llama-2-style tokenizer.json: BPE over a Metaspace pre-tokenizer (``▁`` for spaces,
+    prepended to the first word), ``<unk>``/``<s>``/``</s>`` at ids 0-2, and a post-processor that prepends ``<s>`` (families.md §1.4's BOS), trained on a
+    few sentences (about 90 ids)."""
+    from tokenizers.trainers import BpeTrainer
+
+    tokenizer = Tokenizer(BPE(unk_token="<unk>", fuse_unk=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    trainer = BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", SP_BOS, "</s>"], show_progress=False
+    )
+    tokenizer.train_from_iterator([SP_CORPUS] * 20, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SP_BOS} $A", special_tokens=[(SP_BOS, 1)]
+    )
+    return tokenizer
+
+
 def _redraw(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

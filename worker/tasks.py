@@ -93,6 +93,7 @@ class _ProcessState:
                 self._model = load_model(
                     self.settings.model,
                     device=self.settings.device,
+                    dtype=self.settings.dtype,
                     mlp_autoencoder=self.settings.mlp_autoencoder,
                     attention_autoencoder=self.settings.attention_autoencoder,
                 )

@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = load_model(
             args.model or settings.model,
             device=args.device or settings.device,
+            dtype=settings.dtype,
             mlp_autoencoder=args.mlp_autoencoder or settings.mlp_autoencoder,
             attention_autoencoder=args.attention_autoencoder or settings.attention_autoencoder,
         )

@@ -24,7 +24,7 @@ from models.wire.tdb import convert_tdb_request
 from .autoencoders import LoadedAutoencoders, load_autoencoders
 from .families import build_model_weights
 from .families.base import ModelWeights
-from .loading import load_config, load_raw_state_dict
+from .loading import compute_dtype, load_config, load_raw_state_dict
 from .pipeline import run_batch
 from .planning import Paths
 
@@ -63,16 +63,20 @@ def load_model(
     *,
     mlp_autoencoder: str | None = None,
     attention_autoencoder: str | None = None,
+    dtype: str | None = None,
 ) -> LoadedModel:
     """Load a model once: weights on `device` (default: CUDA if present), tokenizer, and the AEs
     to serve (each a folder in TDB's or SAELens's format, or ``NAME=DIR``). The family adapter is
-    chosen by config.json's model_type (worker/engine/families/)."""
+    chosen by config.json's model_type (worker/engine/families/). Weights are computed in
+    float32 whatever the checkpoint stores, unless `dtype` (default: ACTQ_DTYPE) names
+    bfloat16 or float16."""
+    torch_dtype = compute_dtype(dtype)
     meta = resolve_model(name_or_dir, data_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = load_tokenizer(meta)
     raw = load_raw_state_dict(meta, data_dir)
     weights = build_model_weights(
-        raw, load_config(meta, data_dir), meta.vocab_size, dev, meta.source
+        raw, load_config(meta, data_dir), meta.vocab_size, dev, meta.source, torch_dtype
     )
     del raw
     autoencoders = load_autoencoders(meta, dev, mlp_autoencoder, attention_autoencoder)

@@ -58,6 +58,29 @@ _PREFIX = "transformer."
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
+# --- the compute dtype -----------------------------------------------------------------------
+
+# ACTQ_DTYPE -> the dtype weights and activations are computed in (families.md: float32 unless
+# configured otherwise; README "Model families" states the tolerance of the reduced ones).
+COMPUTE_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def compute_dtype(name: str | None = None) -> torch.dtype:
+    """The dtype named by `name`, else by ACTQ_DTYPE (default float32); a clear ValueError naming
+    ACTQ_DTYPE and the allowed values for anything else."""
+    value = name if name is not None else os.environ.get("ACTQ_DTYPE", "float32")
+    key = value.strip()
+    if key not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"ACTQ_DTYPE={value!r} is not a compute dtype; use one of {', '.join(COMPUTE_DTYPES)}"
+        )
+    return COMPUTE_DTYPES[key]
+
+
 # --- reading checkpoints ----------------------------------------------------------------------
 
 

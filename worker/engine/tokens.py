@@ -77,7 +77,7 @@ def _by_content(coef: float, direction: torch.Tensor) -> Projection:
     """A direction that depends on the prompt and ablations (attention values, embeddings): keyed
     by its bytes, so that sub-requests sharing it (a clean run and its ablated twin upstream of
     the ablation) score it once."""
-    key = ("content", direction.detach().cpu().numpy().tobytes())
+    key = ("content", direction.detach().cpu().float().numpy().tobytes())
     return Projection(key, coef, lambda: direction)
 
 

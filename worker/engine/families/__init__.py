@@ -22,13 +22,24 @@ ADAPTERS = {
 
 
 def build_model_weights(
-    raw: dict[str, torch.Tensor], config: dict, vocab: int, device, source: str = "model"
+    raw: dict[str, torch.Tensor],
+    config: dict,
+    vocab: int,
+    device,
+    source: str = "model",
+    dtype: torch.dtype = torch.float32,
 ) -> ModelWeights:
-    """The engine's weights for a checkpoint's raw tensors (names as saved) and its config."""
+    """The engine's weights for a checkpoint's raw tensors (names as saved) and its config.
+
+    Adapters build float32 weights whatever the checkpoint stores (families.md: bf16/fp16 are
+    upcast); a reduced compute `dtype` (ACTQ_DTYPE) is one cast of the finished weights, so every
+    adapter gets it for free and the rotary frequencies stay float32."""
     shape = family_shape(config, source)
     if shape.family == "gpt2":
         from ..loading import normalise_state_dict
 
         sd = normalise_state_dict(raw)
-        return gpt2.build_weights(sd, gpt2.architecture(config), shape.n_layers, None, device)
-    return ADAPTERS[shape.family].build_weights(raw, config, shape, vocab, device)
+        weights = gpt2.build_weights(sd, gpt2.architecture(config), shape.n_layers, None, device)
+    else:
+        weights = ADAPTERS[shape.family].build_weights(raw, config, shape, vocab, device)
+    return weights if dtype == torch.float32 else weights.cast(dtype)

@@ -13,7 +13,7 @@ per query head (transformers' `repeat_kv` order), are what derived scalars and t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -123,6 +123,18 @@ class ModelWeights:
         if not self.w_out_row_norms:
             self.w_out_row_norms = [lw.w_out.norm(dim=1) for lw in self.layers]
 
+    def cast(self, dtype: torch.dtype) -> ModelWeights:
+        """A copy with every weight tensor in `dtype` (ACTQ_DTYPE); the architecture (rotary
+        frequencies, float32) is shared."""
+        layers = [_cast_fields(lw, dtype) for lw in self.layers]
+        out = _cast_fields(self, dtype, layers=layers)
+        out.w_out_row_norms = [n.to(dtype) for n in self.w_out_row_norms]
+        return out
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
     @property
     def n_layers(self) -> int:
         return len(self.layers)
@@ -177,6 +189,13 @@ class ModelWeights:
         return ("resid.post_emb", None) if layer == 0 else ("resid.post_mlp", layer - 1)
 
     # -- attention pieces --------------------------------------------------------------------
+    def rotary_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, 1, R] at `positions` [B, T], broadcasting over a [B, T, H, e] head
+        axis, in the weights' dtype (computed in float32)."""
+        cos, sin = rotary_tables(self.arch.rotary_inv_freq, positions)
+        dtype = self.compute_dtype
+        return cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype)
+
     def rotary(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotary at `positions` (broadcasting against x's leading axes), or x unchanged."""
         if self.arch.rotary_inv_freq is None:
@@ -222,3 +241,14 @@ class ModelWeights:
     def mlp_read_scalar(self, layer: int, m: torch.Tensor, i: int) -> torch.Tensor:
         """ψ (families.md §5.1): the pre-activation when ungated, the activation when gated."""
         return self.mlp_neuron(layer, m, i, post=self.layers[layer].w_up is not None)
+
+
+def _cast_fields(obj, dtype: torch.dtype, **overrides):
+    """dataclasses.replace with every floating tensor field cast to `dtype`."""
+    changes = {
+        f.name: getattr(obj, f.name).to(dtype)
+        for f in fields(obj)
+        if isinstance(getattr(obj, f.name), torch.Tensor)
+        and getattr(obj, f.name).is_floating_point()
+    }
+    return replace(obj, **{**changes, **overrides})

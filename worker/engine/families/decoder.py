@@ -14,7 +14,7 @@ import torch
 
 from ..hooks import Hooks
 from .base import LayerWeights, ModelWeights
-from .layers import attention_mask
+from .layers import attention_mask, rotate
 
 
 def positions_of(pad: torch.Tensor) -> torch.Tensor:
@@ -35,15 +35,19 @@ def attention_block(
     mask: torch.Tensor,
     positions: torch.Tensor,
     hooks: Hooks,
+    tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Attention of one layer on its normalised input `a` [B, T, d]; returns ΔA (with b_O)."""
+    """Attention of one layer on its normalised input `a` [B, T, d]; returns ΔA (with b_O).
+    `tables`: the rotary cos/sin at `positions` (`ModelWeights.rotary_tables`), computed once per
+    forward pass rather than per layer; derived here when not given."""
     b, t, _ = a.shape
     h, h_kv, e = lw.n_heads, lw.n_kv_heads, lw.d_head
     scale = e**-0.25
     q, k, v = (a @ lw.w_qkv + lw.b_qkv).split(lw.split_sizes, dim=-1)
     q, k, v = q.view(b, t, h, e), k.view(b, t, h_kv, e), v.view(b, t, h_kv, e)
     if weights.arch.rotary_inv_freq is not None:
-        q, k = weights.rotary(q, positions), weights.rotary(k, positions)
+        cos, sin = tables if tables is not None else weights.rotary_tables(positions)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     if h_kv != h:
         k, v = k.repeat_interleave(h // h_kv, dim=2), v.repeat_interleave(h // h_kv, dim=2)
     q = hooks.point("attn.q", layer, q * scale)
@@ -78,6 +82,7 @@ def forward(
     positions = positions_of(pad)
     masks: dict[int | None, torch.Tensor] = {}
     x = embed(weights, tokens, positions)
+    tables = None if weights.arch.rotary_inv_freq is None else weights.rotary_tables(positions)
     if needs_grad:
         x.requires_grad_(True)
     resid = hooks.point("resid.post_emb", None, x)
@@ -89,7 +94,7 @@ def forward(
         delta_attn = hooks.point(
             "resid.delta_attn",
             layer,
-            attention_block(weights, lw, layer, a, masks[window], positions, hooks),
+            attention_block(weights, lw, layer, a, masks[window], positions, hooks, tables),
         )
         if weights.parallel:
             mlp_in = resid

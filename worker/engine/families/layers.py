@@ -98,6 +98,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Rotary embedding on the first R = cos.shape[-1] channels of x (HF's `rotate_half`);
     channels >= R pass unchanged (GPT-NeoX's partial rotary). cos/sin broadcast against x."""
     r = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables in float32, applied in x's dtype
     x_rot, x_pass = x[..., :r], x[..., r:]
     half = r // 2
     rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
