@@ -136,6 +136,8 @@ def test_read_routes_answer_tdb_shaped_records(built, engine_model):
 
 
 def test_explanations_are_served_and_explain_is_a_clear_501(built, engine_model):
+    """/explain and /score answer attached explanations (what TDB's node table asks for each row,
+    seen in Chromium) and a 501 for a node nobody explained."""
     client, view = built
     put = client.put("/v1/nodes/mlp_post_act/1/5/explanation", json={"explanation": "cities"})
     assert put.status_code == 200
@@ -158,6 +160,18 @@ def test_explanations_are_served_and_explain_is_a_clear_501(built, engine_model)
         assert response.status_code == 501
         assert "explainer" in response.get_json()["message"]
         assert response.headers["Access-Control-Allow-Origin"] == UI["Origin"]
+    node["datasets"] = [view["dataset"]]
+    explained = client.post("/explain", json=node, headers=UI)
+    assert explained.status_code == 200
+    assert explained.get_json() == {"explanations": ["cities"], "dataset": view["dataset"]}
+    unscored = client.post("/score", json={**node, "explanation": "cities"}, headers=UI)
+    assert unscored.get_json() == {"score": None, "datasetPath": view["dataset"]}
+    client.put("/v1/nodes/mlp_post_act/1/5/explanation", json={"explanation": "c", "score": 0.5})
+    scored = client.post("/score", json={**node, "explanation": "c"}, headers=UI).get_json()
+    assert scored == {"score": 0.5, "datasetPath": view["dataset"]}
+    assert client.post("/score", json={**node, "explanation": "e"}).status_code == 501
+    nobody = client.post("/explain", json={**node, "activationIndex": 6}, headers=UI)
+    assert nobody.status_code == 501
 
 
 def test_normalizing_by_a_record_uses_its_maximum(built, app, engine_model):
