@@ -21,6 +21,7 @@ from models.store.node_records import (
     DST_LABELS,
     KIND_DSTS,
     LATENT_KINDS,
+    LATENT_SLOTS,
     dataset_name,
     dataset_path,
     explanations_of,
@@ -64,8 +65,11 @@ def _body() -> bytes:
 def neuron_datasets_metadata():
     seen, listed = set(), []
     for record_set in finished_sets(get_session()):
-        for kind_dst in _dsts(record_set):
-            key = (dataset_name(record_set.model), kind_dst)
+        for kind, kind_dst in _dsts(record_set):
+            short = dataset_name(record_set.model)
+            if kind in LATENT_SLOTS:  # the UI's dataset for a latent's page: MODEL_AE
+                short += "_" + (record_set.autoencoders or {}).get(LATENT_SLOTS[kind], "")
+            key = (short, kind_dst)
             if key in seen:
                 continue  # the newest set of a model answers for it (as TDB's registry)
             seen.add(key)
@@ -81,8 +85,8 @@ def neuron_datasets_metadata():
     return jsonify(listed)
 
 
-def _dsts(record_set) -> list[str]:
-    return [{**KIND_DSTS, **LATENT_KINDS}[kind] for kind in record_set.kinds]
+def _dsts(record_set) -> list[tuple[str, str]]:
+    return [(kind, {**KIND_DSTS, **LATENT_KINDS}[kind]) for kind in record_set.kinds]
 
 
 def _tokenizer(record_set):
