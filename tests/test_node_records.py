@@ -248,7 +248,7 @@ def test_a_duplicate_message_claims_nothing(app, engine_model, built):
         assert session.get(RecordSet, view["id"]).worker == "w"
 
 
-def test_compare_page_links_nodes_to_their_records(built, app):
+def test_run_and_compare_pages_link_nodes_to_their_records(built, app):
     from tests.runs_support import golden_pair, store_finished
 
     client, view = built
@@ -257,6 +257,14 @@ def test_compare_page_links_nodes_to_their_records(built, app):
     page = client.get(f"/compare?a={job}/0&b={job}/1").get_data(as_text=True)
     links = re.findall(r'href="(/records/[^"]+)"', page)
     assert links, "no node of the table links to its record"
+    run_page = client.get(f"/runs/{job}/0").get_data(as_text=True)
+    run_links = re.findall(r'href="(/records/[^"]+)"', run_page)
+    assert run_links, "no node of the run page's table links to its record"
+    # a node links only when its record exists: the heads and neurons of the table, not more
+    rows = re.findall(r'<td class="node">(.*?)</td>', run_page)
+    assert len(run_links) == sum("/records/" in r for r in rows) <= len(rows)
+    for link in set(run_links):
+        assert client.get(link.replace("&amp;", "&")).status_code == 200
     record_page = client.get(links[0].replace("&amp;", "&"))
     assert record_page.status_code == 200
     assert "Top sequences" in record_page.get_data(as_text=True)
