@@ -313,6 +313,8 @@ def drive_node(page, rec, check, base: str, dataset: str, kind: str, layer: int,
             json.dumps([(r["path"], r["status"]) for r in ran]),
         )
         check(f"{name}: normalized by the record", bool(normalized))
+    body = page.inner_text("body")
+    check(f"{name}: no 'Failed to load'", "Failed to load" not in body)
     check.shot(page, name)
 
 
