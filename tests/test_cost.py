@@ -71,9 +71,7 @@ def _cost(endpoint, request, model):
     return estimate_cost(endpoint, parse_request(endpoint, request), meta, tokenizer)
 
 
-ESTIMATED_CASES = [
-    c for c in ALL_GOLDEN_CASES if c["endpoint"] != "model_info" and not c.get("error")
-]
+ESTIMATED_CASES = [c for c in ALL_GOLDEN_CASES if c["endpoint"] != "model_info" and not c.get("error")]
 
 
 @pytest.mark.parametrize("case", ESTIMATED_CASES, ids=lambda c: c["name"])

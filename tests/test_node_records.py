@@ -42,11 +42,11 @@ def test_incremental_top_sequences_equal_a_brute_force_pass(engine_model):
     for kind, layer, acts, valid in whole._layers(sequences):
         best = acts.masked_fill(~valid[:, None, :], float("-inf")).amax(dim=2)  # [S, nodes]
         expected = best.topk(3, dim=0)
-        scores, ids, _ = builder.tops[(kind.name, layer)].ordered()
-        assert torch.allclose(scores, expected.values, atol=1e-6)
+        top = builder.tops[(kind.name, layer)]
+        assert torch.allclose(top.scores, expected.values, atol=1e-6)
         # each kept sequence is one whose own score is the kept one (ties may pick either)
-        assert torch.allclose(best.gather(0, ids), scores, atol=1e-6)
-        assert (ids == expected.indices).float().mean() > 0.9
+        assert torch.allclose(best.gather(0, top.ids), top.scores, atol=1e-6)
+        assert (top.ids == expected.indices).float().mean() > 0.9
 
 
 def test_head_records_are_the_engines_attention_write_norms(engine_model):

@@ -118,34 +118,15 @@ class TopSequences:
         )
 
     def update(self, activations: torch.Tensor, valid: torch.Tensor, ids: torch.Tensor) -> None:
-        """Merge a batch: ``activations`` [B, nodes, width], ``valid`` [B, width] bool.
-
-        Each sequence replaces the weakest kept one of the nodes it beats, and only those rows
-        are copied: once the first batches are in, few nodes change per batch, so the cost is
-        the batch's scores, not a copy of everything kept (which made records 4x the forward
-        passes on a gpt2-small-sized model). The kept sequences are in no order (``ordered``)."""
-        scores = activations.masked_fill(~valid[:, None, :], float("-inf")).amax(dim=2)
-        for row in range(scores.shape[0]):
-            weakest, slot = self.scores.min(dim=0)  # [nodes]
-            nodes = (scores[row] > weakest).nonzero().squeeze(1)
-            if nodes.numel() == 0:
-                continue
-            slots = slot[nodes]
-            self.scores[slots, nodes] = scores[row, nodes]
-            self.ids[slots, nodes] = ids[row]
-            self.activations[slots, nodes] = activations[row, nodes].masked_fill(
-                ~valid[row][None, :], 0
-            )
-
-    def ordered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores, ids, activations), best first per node."""
-        order = self.scores.argsort(dim=0, descending=True, stable=True)
-        width = self.activations.shape[2]
-        return (
-            self.scores.gather(0, order),
-            self.ids.gather(0, order),
-            self.activations.gather(0, order[:, :, None].expand(-1, -1, width)),
-        )
+        """Merge a batch: ``activations`` [B, nodes, width], ``valid`` [B, width] bool."""
+        masked = activations.masked_fill(~valid[:, None, :], float("-inf"))
+        scores = torch.cat([self.scores, masked.amax(dim=2)])  # [k + B, nodes]
+        best = scores.topk(self.scores.shape[0], dim=0).indices  # [k, nodes]
+        all_ids = torch.cat([self.ids, ids[:, None].expand(-1, scores.shape[1])])
+        all_acts = torch.cat([self.activations, activations.masked_fill(~valid[:, None, :], 0)])
+        self.scores = scores.gather(0, best)
+        self.ids = all_ids.gather(0, best)
+        self.activations = all_acts.gather(0, best[:, :, None].expand(-1, -1, all_acts.shape[2]))
 
 
 @dataclass
@@ -215,9 +196,8 @@ class RecordBuilder:
         sample = self._sample(random_batch)
         for (kind_name, layer), top in self.tops.items():
             kind = KINDS[kind_name]
-            top_scores, top_ids, top_acts = top.ordered()
-            ids, scores = top_ids.T.tolist(), top_scores[0].tolist()  # per node
-            acts = top_acts.transpose(0, 1).tolist()  # [nodes][k][width], one conversion
+            ids, scores = top.ids.T.tolist(), top.scores[0].tolist()  # per node
+            acts = top.activations.transpose(0, 1).tolist()  # [nodes][k][width], one conversion
             randoms = sample.get((kind_name, layer))
             for index, node_ids in enumerate(ids):
                 entries = [
