@@ -4,7 +4,9 @@ A records job runs the served model over a corpus and keeps each node's top-acti
 (``worker.records``). The corpus is uploaded in the body (``actq records build FILE`` reads a
 local file and sends it), at most ``ACTQ_MAX_CORPUS_BYTES``; its documents are its non-empty
 lines, or the ``text`` of each line of a JSON Lines file. The set is committed ``queued``, then its
-message goes to the model's queue, as a job's does; ``GET /v1/records/ID`` shows its progress.
+message goes to the model's queue, through the outbox and under the reaper as a job's does
+(``models.store.record_recovery``); ``GET /v1/records/ID`` shows its progress. AE latents are a
+node kind when the model is served with that AE.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from models.store.lifecycle import queue_name
 from models.store.node_records import (
     KIND_DSTS,
     LATENT_KINDS,
+    LATENT_SLOTS,
     RECORDS_TASK,
     create_record_set,
     dataset_name,
     put_explanation,
 )
+from models.store.record_recovery import mark_set_published
 from models.store.tables import RecordSet
 from models.wire.base import Float, Int, Str, WireModel
 from models.wire.enums import DerivedScalarType
@@ -57,7 +61,8 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-def _check(asked: RecordsRequest, meta) -> None:
+def _check(asked: RecordsRequest, served) -> None:
+    meta = served.meta
     limit = current_app.config["ACTQ_SETTINGS"].max_corpus_bytes
     if len(asked.corpus.encode()) > limit:
         raise RequestValidationError(
@@ -65,14 +70,17 @@ def _check(asked: RecordsRequest, meta) -> None:
         )
     for i, kind in enumerate(asked.kinds):
         if kind in LATENT_KINDS:
+            slot = LATENT_SLOTS[kind]
+            if served.autoencoders.get(slot) is None:
+                raise RequestValidationError(
+                    f"records of {kind} need a served {slot} autoencoder; {meta.name} is served "
+                    f"without one (actq up --{slot}-autoencoder DIR)",
+                    path=f"kinds.{i}",
+                )
+        elif kind not in KIND_DSTS:
             raise RequestValidationError(
-                f"records of {kind} need the model's autoencoders, which this service does not "
-                "serve yet",
+                f"unknown node kind {kind!r}; expected one of {list(KIND_DSTS) + list(LATENT_KINDS)}",
                 path=f"kinds.{i}",
-            )
-        if kind not in KIND_DSTS:
-            raise RequestValidationError(
-                f"unknown node kind {kind!r}; expected one of {list(KIND_DSTS)}", path=f"kinds.{i}"
             )
     if asked.seq_len > meta.n_ctx:
         raise RequestValidationError(
@@ -87,14 +95,21 @@ def _check(asked: RecordsRequest, meta) -> None:
 def submit_records():
     asked = parse_as(RecordsRequest, request.get_data())
     served = served_models().get(request.args.get("model"))
-    _check(asked, served.meta)
+    _check(asked, served)
+    kinds = list(dict.fromkeys(asked.kinds))
+    aes = {
+        LATENT_SLOTS[k]: served.autoencoders.get(LATENT_SLOTS[k]).name
+        for k in kinds
+        if k in LATENT_SLOTS
+    }
     session = get_session()
     record_set = create_record_set(
         session,
         name=asked.name or dataset_name(served.meta.name),
         model=served.meta.name,
         model_revision=served.meta.revision,
-        kinds=list(dict.fromkeys(asked.kinds)),
+        kinds=kinds,
+        autoencoders=aes or None,
         top_k=asked.top_k,
         random_k=asked.random_k,
         seq_len=asked.seq_len,
@@ -104,13 +119,31 @@ def submit_records():
         owner=current_owner(),
     )
     session.commit()
-    producer = current_app.extensions["actq.celery"]
-    producer.send_task(RECORDS_TASK, args=[record_set.id], queue=queue_name(served.meta.name))
-    log.info("Record set %s: published", record_set.id)
+    _publish(session, record_set.id, served.meta.name)
     response = jsonify(_view(record_set))
     response.status_code = 202
     response.headers["Location"] = f"/v1/records/{record_set.id}"
     return response
+
+
+def _publish(session, set_id: str, model: str) -> None:
+    """Send the committed set's message and mark it published (the outbox); on a broker error
+    it stays unpublished and a worker's reaper publishes it."""
+    producer = current_app.extensions["actq.celery"]
+    try:
+        producer.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
+    except Exception as error:
+        log.warning(
+            "Record set %s: broker unavailable (%s); the reaper will publish it", set_id, error
+        )
+        return
+    try:
+        mark_set_published(session, set_id)
+        session.commit()
+    except Exception as error:  # a duplicate message later is harmless
+        session.rollback()
+        log.warning("Record set %s: published but not marked (%s)", set_id, error)
+    log.info("Record set %s: published", set_id)
 
 
 @bp.get("/v1/records/<set_id>")
@@ -135,6 +168,7 @@ def _view(r: RecordSet) -> dict:
         "model": r.model,
         "status": r.status,
         "kinds": r.kinds,
+        "autoencoders": r.autoencoders,
         "topK": r.top_k,
         "randomK": r.random_k,
         "seqLen": r.seq_len,

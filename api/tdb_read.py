@@ -4,8 +4,9 @@
 short name, derived scalar type, a name for people, a path); ``/neuron_record`` and
 ``/attention_head_record`` answer a node's record (``models.store.node_records``) in TDB's shape;
 ``/existing_explanations`` answers the explanations people attached (``PUT /v1/nodes/...``).
-``/explain`` and ``/score`` need a language model, which actq does not run: a TDB-shaped 501 that
-says so. Errors have TDB's ``{"message": ...}`` and CORS like every TDB route (``api.tdb_cors``).
+``/explain`` and ``/score`` need a language model, which actq does not run: they answer the
+explanations (and scores) people attached to the node, and otherwise a TDB-shaped 501 that says
+so (the UI's node table then shows "Error" in the row's explanation line). Errors have TDB's ``{"message": ...}`` and CORS like every TDB route (``api.tdb_cors``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.store.node_records import (
     DST_LABELS,
     KIND_DSTS,
     LATENT_KINDS,
+    LATENT_SLOTS,
     dataset_name,
     dataset_path,
     explanations_of,
@@ -63,8 +65,11 @@ def _body() -> bytes:
 def neuron_datasets_metadata():
     seen, listed = set(), []
     for record_set in finished_sets(get_session()):
-        for kind_dst in _dsts(record_set):
-            key = (dataset_name(record_set.model), kind_dst)
+        for kind, kind_dst in _dsts(record_set):
+            short = dataset_name(record_set.model)
+            if kind in LATENT_SLOTS:  # the UI's dataset for a latent's page: MODEL_AE
+                short += "_" + (record_set.autoencoders or {}).get(LATENT_SLOTS[kind], "")
+            key = (short, kind_dst)
             if key in seen:
                 continue  # the newest set of a model answers for it (as TDB's registry)
             seen.add(key)
@@ -80,8 +85,8 @@ def neuron_datasets_metadata():
     return jsonify(listed)
 
 
-def _dsts(record_set) -> list[str]:
-    return [{**KIND_DSTS, **LATENT_KINDS}[kind] for kind in record_set.kinds]
+def _dsts(record_set) -> list[tuple[str, str]]:
+    return [(kind, {**KIND_DSTS, **LATENT_KINDS}[kind]) for kind in record_set.kinds]
 
 
 def _tokenizer(record_set):
@@ -126,6 +131,26 @@ def attention_head_record():
     )
 
 
+def _models(datasets: list[str]) -> set[str]:
+    """The models the UI's dataset names may mean (record sets' models, served models' names)."""
+    session, models = get_session(), set()
+    for dataset in datasets:
+        models |= models_of(session, dataset)
+        models |= {
+            m.meta.name
+            for m in served_models().all()
+            if dataset.split("_")[0] in (m.meta.name, dataset_name(m.meta.name))
+        }
+    return models
+
+
+def _attached(datasets: list[str], node) -> list:
+    dst = getattr(node.dst, "value", node.dst)
+    return explanations_of(
+        get_session(), _models(datasets), dst, node.layer_index, node.activation_index
+    )
+
+
 @bp.post("/existing_explanations")
 def existing_explanations():
     asked = parse_as(ExistingExplanationsRequest, _body())
@@ -134,19 +159,7 @@ def existing_explanations():
             "Exactly one of explanation_datasets and neuron_dataset must be specified.",
             path="explanationDatasets",
         )
-    session = get_session()
-    datasets = asked.explanation_datasets or [asked.neuron_dataset]
-    models: set[str] = set()
-    for dataset in datasets:
-        models |= models_of(session, dataset)
-        models |= {
-            m.meta.name
-            for m in served_models().all()
-            if dataset in (m.meta.name, dataset_name(m.meta.name))
-        }
-    rows = explanations_of(
-        session, models, asked.dst.value, asked.layer_index, asked.activation_index
-    )
+    rows = _attached(asked.explanation_datasets or [asked.neuron_dataset], asked)
     return jsonify(
         [
             {
@@ -161,14 +174,24 @@ def existing_explanations():
 
 @bp.post("/explain")
 def explain():
-    parse_as(NodeIdAndDatasets, _body())
-    return _no_explainer()
+    """The explanations people attached to the node, as if explained; else the 501."""
+    node = parse_as(NodeIdAndDatasets, _body())
+    rows = _attached(list(node.datasets), node)
+    if not rows:
+        return _no_explainer()
+    return jsonify(
+        {"explanations": [r.explanation for r in rows], "dataset": dataset_name(rows[0].model)}
+    )
 
 
 @bp.post("/score")
 def score():
-    parse_as(ScoreRequest, _body())
-    return _no_explainer()
+    """The score attached with that explanation (``null`` if none was given: the UI shows "?")."""
+    asked = parse_as(ScoreRequest, _body())
+    rows = [r for r in _attached(list(asked.datasets), asked) if r.explanation == asked.explanation]
+    if not rows:
+        return _no_explainer()
+    return jsonify({"score": rows[0].score, "datasetPath": dataset_name(rows[0].model)})
 
 
 def _no_explainer():

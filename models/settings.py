@@ -147,6 +147,9 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+FILESYSTEM_TRANSPORT = "models.filesystem_broker:Transport"
+
+
 def broker_transport(url: str) -> tuple[str, dict]:
     """The kombu URL and transport options for a broker URL.
 
@@ -183,6 +186,8 @@ def celery_config(settings: Settings) -> dict:
         options["unacked_restore_throttle"] = 1
     return {
         "broker_url": url,
+        # a filesystem broker is kombu's with atomic writes (models.filesystem_broker)
+        "broker_transport": FILESYSTEM_TRANSPORT if url.startswith("filesystem://") else None,
         "broker_transport_options": options,
         "broker_connection_retry_on_startup": True,
         "task_acks_late": True,

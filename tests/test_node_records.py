@@ -136,6 +136,8 @@ def test_read_routes_answer_tdb_shaped_records(built, engine_model):
 
 
 def test_explanations_are_served_and_explain_is_a_clear_501(built, engine_model):
+    """/explain and /score answer attached explanations (what TDB's node table asks for each row,
+    seen in Chromium) and a 501 for a node nobody explained."""
     client, view = built
     put = client.put("/v1/nodes/mlp_post_act/1/5/explanation", json={"explanation": "cities"})
     assert put.status_code == 200
@@ -158,6 +160,18 @@ def test_explanations_are_served_and_explain_is_a_clear_501(built, engine_model)
         assert response.status_code == 501
         assert "explainer" in response.get_json()["message"]
         assert response.headers["Access-Control-Allow-Origin"] == UI["Origin"]
+    node["datasets"] = [view["dataset"]]
+    explained = client.post("/explain", json=node, headers=UI)
+    assert explained.status_code == 200
+    assert explained.get_json() == {"explanations": ["cities"], "dataset": view["dataset"]}
+    unscored = client.post("/score", json={**node, "explanation": "cities"}, headers=UI)
+    assert unscored.get_json() == {"score": None, "datasetPath": view["dataset"]}
+    client.put("/v1/nodes/mlp_post_act/1/5/explanation", json={"explanation": "c", "score": 0.5})
+    scored = client.post("/score", json={**node, "explanation": "c"}, headers=UI).get_json()
+    assert scored == {"score": 0.5, "datasetPath": view["dataset"]}
+    assert client.post("/score", json={**node, "explanation": "e"}).status_code == 501
+    nobody = client.post("/explain", json={**node, "activationIndex": 6}, headers=UI)
+    assert nobody.status_code == 501
 
 
 def test_normalizing_by_a_record_uses_its_maximum(built, app, engine_model):
@@ -234,7 +248,7 @@ def test_a_duplicate_message_claims_nothing(app, engine_model, built):
         assert session.get(RecordSet, view["id"]).worker == "w"
 
 
-def test_compare_page_links_nodes_to_their_records(built, app):
+def test_run_and_compare_pages_link_nodes_to_their_records(built, app):
     from tests.runs_support import golden_pair, store_finished
 
     client, view = built
@@ -243,6 +257,14 @@ def test_compare_page_links_nodes_to_their_records(built, app):
     page = client.get(f"/compare?a={job}/0&b={job}/1").get_data(as_text=True)
     links = re.findall(r'href="(/records/[^"]+)"', page)
     assert links, "no node of the table links to its record"
+    run_page = client.get(f"/runs/{job}/0").get_data(as_text=True)
+    run_links = re.findall(r'href="(/records/[^"]+)"', run_page)
+    assert run_links, "no node of the run page's table links to its record"
+    # a node links only when its record exists: the heads and neurons of the table, not more
+    rows = re.findall(r'<td class="node">(.*?)</td>', run_page)
+    assert len(run_links) == sum("/records/" in r for r in rows) <= len(rows)
+    for link in set(run_links):
+        assert client.get(link.replace("&amp;", "&")).status_code == 200
     record_page = client.get(links[0].replace("&amp;", "&"))
     assert record_page.status_code == 200
     assert "Top sequences" in record_page.get_data(as_text=True)

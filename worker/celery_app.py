@@ -56,14 +56,19 @@ def create_celery(settings: Settings, model_name: str) -> Celery:
 def _reap_when_ready(app: Celery, settings: Settings) -> None:
     """Once the worker consumes, run the reaper in a thread of this (main) process."""
     from models.store.lifecycle import TASK_NAME
+    from models.store.node_records import RECORDS_TASK
     from worker import reaper, tasks
 
     def publish(job_id: str, model: str) -> None:
         app.send_task(TASK_NAME, args=[job_id], queue=queue_name(model))
 
+    def publish_records(set_id: str, model: str) -> None:
+        app.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
+
     def on_ready(**_kwargs) -> None:
         marker = reaper.broker_marker(settings)
-        reaper.start_thread(reaper.Reaper(settings, tasks.process_sessions(), publish, marker))
+        sessions = tasks.process_sessions()
+        reaper.start_thread(reaper.Reaper(settings, sessions, publish, marker, publish_records))
         log.info(
             "Reaper: sweeping every %ss (lease %ss)", settings.reap_seconds, settings.lease_seconds
         )

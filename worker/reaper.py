@@ -10,7 +10,8 @@ runs one sweep (or ``--loop`` forever). A sweep
    ``queued``, or ``failed`` with ``worker_lost`` after ``ACTQ_MAX_ATTEMPTS`` claims, or
    ``canceled`` if a cancel was asked for;
 3. publishes every queued job that has no message (the outbox): requeued jobs, jobs accepted
-   while the broker was down, jobs whose API process died between commit and publish.
+   while the broker was down, jobs whose API process died between commit and publish;
+4. does 1-3 for records jobs too (``models.store.record_recovery``), when given their publisher.
 
 Sweeps by several workers at once are safe: every change is a conditional UPDATE and a
 duplicate message is a no-op for the claim step.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
-from models.store import recovery
+from models.store import record_recovery, recovery
 from models.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,20 @@ class Sweep:
     failed: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
+    records_requeued: list[str] = field(default_factory=list)
+    records_failed: list[str] = field(default_factory=list)
+    records_published: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        records = (self.records_requeued, self.records_failed, self.records_published)
         return (
             f"requeued {len(self.requeued)}, failed {len(self.failed)}, canceled "
             f"{len(self.canceled)}, published {len(self.published)}"
+            + (
+                "; record sets: requeued {}, failed {}, published {}".format(*map(len, records))
+                if any(records)
+                else ""
+            )
             + (" (the broker had lost its messages)" if self.broker_lost_messages else "")
         )
 
@@ -84,17 +94,20 @@ class Reaper:
         sessions: sessionmaker[Session],
         publish: Publish,
         marker: BrokerMarker | None = None,
+        publish_records: Publish | None = None,
     ):
         self.settings = settings
         self.sessions = sessions
         self.publish = publish
         self.marker = marker
+        self.publish_records = publish_records  # (set id, model): a records job's message
 
     def sweep(self, now: dt.datetime | None = None) -> Sweep:
         done = Sweep()
         if self._broker_lost_messages():
             with self.sessions.begin() as session:
                 forgotten = recovery.forget_publications(session)
+                forgotten += record_recovery.forget_set_publications(session)
             done.broker_lost_messages = True
             log.warning("The broker lost its messages: %d queued job(s) to publish", forgotten)
         with self.sessions.begin() as session:
@@ -107,7 +120,32 @@ class Reaper:
         for job_id in reaped.failed:
             log.error("Job %s: failed, its worker was lost on every attempt", job_id)
         done.published = self.publish_unpublished(now)
+        if self.publish_records is not None:
+            self._sweep_records(done, now)
         return done
+
+    def _sweep_records(self, done: Sweep, now: dt.datetime | None) -> None:
+        with self.sessions.begin() as session:
+            reaped = record_recovery.reap_sets(
+                session, self.settings.lease_seconds, self.settings.max_attempts, now=now
+            )
+        done.records_requeued, done.records_failed = reaped.requeued, reaped.failed
+        for set_id in reaped.requeued:
+            log.warning("Record set %s: its worker stopped sending heartbeats; requeued", set_id)
+        for set_id in reaped.failed:
+            log.error("Record set %s: failed, its worker was lost on every attempt", set_id)
+        older_than = (now or utcnow()) - dt.timedelta(seconds=PUBLISH_GRACE_SECONDS)
+        with self.sessions.begin() as session:
+            sets = record_recovery.unpublished_sets(session, older_than)
+        for set_id, model in sets:
+            try:
+                self.publish_records(set_id, model)
+            except Exception as error:
+                log.warning("Record set %s: the broker is unavailable (%s)", set_id, error)
+                break
+            with self.sessions.begin() as session:
+                record_recovery.mark_set_published(session, set_id)
+            done.records_published.append(set_id)
 
     def _broker_lost_messages(self) -> bool:
         if self.marker is None:

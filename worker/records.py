@@ -6,8 +6,12 @@
 * **Heartbeat and progress**: after each batch the set's heartbeat and ``done_sequences`` are
   written; an attempt that finds it no longer holds the set stops.
 * **Store**: the records and ``finished`` in one transaction, only by the attempt that holds it.
-* **Late ack**: the message is acknowledged after the outcome is stored, so a worker killed mid-job
-  leaves it to be delivered again.
+* **Late ack and the reaper**: the message is acknowledged after the outcome is stored, so a
+  worker killed mid-job leaves it to be delivered again; and a set whose heartbeat is older than
+  the lease is sent back to ``queued`` and published again by any worker's reaper
+  (``models.store.record_recovery``), or failed with ``worker_lost`` after its last attempt.
+* ``ACTQ_DEBUG_DELAYS=1`` and a set named ``debug-delay=S``: S seconds before each batch (a slow
+  job to kill in ``tests/test_faults.py``).
 
 The corpus's documents are its non-empty lines (the ``text`` of each line of a JSON Lines file);
 each is cut into sequences of ``seq_len`` tokens. The model runs over them in batches and the
@@ -19,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import time
 import zlib
 from collections.abc import Callable
 
@@ -67,6 +73,7 @@ def execute_records(
     lease_seconds: float,
     max_attempts: int,
     batch_size: int = BATCH_SEQUENCES,
+    debug_delays: bool = False,
 ) -> str | None:
     """Build one record set end to end; its final status, or None if not claimable."""
     with sessions.begin() as session:
@@ -75,7 +82,7 @@ def execute_records(
         log.info("Record set %s: not claimable (duplicate message or already done)", set_id)
         return None
     try:
-        return _build(sessions, set_id, attempt, model(), batch_size)
+        return _build(sessions, set_id, attempt, model(), batch_size, debug_delays)
     except Exception as error:
         log.exception("Record set %s failed", set_id)
         with sessions.begin() as session:
@@ -83,13 +90,17 @@ def execute_records(
         return "failed"
 
 
-def _build(sessions, set_id: str, attempt: int, loaded, batch_size: int) -> str | None:
+def _build(
+    sessions, set_id: str, attempt: int, loaded, batch_size: int, debug_delays: bool = False
+) -> str | None:
     from worker.engine.records import RecordBuilder, random_sequences
 
     with sessions() as session:
         job = session.get(RecordSet, set_id)
         corpus = zlib.decompress(job.corpus).decode()
         kinds, top_k, random_k, seq_len = job.kinds, job.top_k, job.random_k, job.seq_len
+        delay = re.fullmatch(r"debug-delay=(\d+(?:\.\d+)?)", job.name or "")
+    pause = float(delay.group(1)) if delay and debug_delays else 0.0
     sequences = sequences_of(loaded.tokenizer, corpus, seq_len)
     if not sequences:
         raise ValueError("the corpus has no tokens")
@@ -98,6 +109,7 @@ def _build(sessions, set_id: str, attempt: int, loaded, batch_size: int) -> str 
     builder = RecordBuilder(loaded, kinds, top_k, seq_len)
     for start in range(0, len(sequences), batch_size):
         batch = sequences[start : start + batch_size]
+        time.sleep(pause)
         builder.add_batch(batch, list(range(start, start + len(batch))))
         with sessions.begin() as session:
             if not store.beat(session, set_id, attempt, start + len(batch)):
@@ -105,19 +117,25 @@ def _build(sessions, set_id: str, attempt: int, loaded, batch_size: int) -> str 
                 return None
     sample = {i: sequences[i] for i in random_sequences(len(sequences), random_k)}
     lengths = {i: len(s) for i, s in enumerate(sequences)}
-    rows = [
-        NodeRecord(
-            dst=node.dst,
-            layer_index=node.layer,
-            activation_index=node.index,
-            max_activation=node.max_activation,
-            data=store.encode_record(
-                [store.Sequence(sequences[i], acts) for i, acts in node.top],
-                [store.Sequence(sequences[i], acts) for i, acts in node.random],
-            ),
+    rows, beaten = [], time.monotonic()
+    for node in builder.results(lengths, sample):
+        rows.append(
+            NodeRecord(
+                dst=node.dst,
+                layer_index=node.layer,
+                activation_index=node.index,
+                max_activation=node.max_activation,
+                data=store.encode_record(
+                    [store.Sequence(sequences[i], acts) for i, acts in node.top],
+                    [store.Sequence(sequences[i], acts) for i, acts in node.random],
+                ),
+            )
         )
-        for node in builder.results(lengths, sample)
-    ]
+        if time.monotonic() - beaten > 5:  # encoding a big model's records takes minutes
+            beaten = time.monotonic()
+            with sessions.begin() as session:
+                if not store.beat(session, set_id, attempt):
+                    return None
     with sessions.begin() as session:
         stored = store.finish_record_set(session, set_id, attempt, rows)
     log.info("Record set %s: %s, %d records", set_id, "stored" if stored else "lost", len(rows))
@@ -136,6 +154,7 @@ def build_records(task, set_id: str) -> str | None:
         worker=f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
+        debug_delays=settings.debug_delays,
     )
 
 

@@ -131,6 +131,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     from api.queue import make_producer
     from models.store.db import make_engine, make_sessionmaker
     from models.store.lifecycle import TASK_NAME, queue_name
+    from models.store.node_records import RECORDS_TASK
     from worker.reaper import Reaper, broker_marker
 
     settings = Settings()
@@ -139,8 +140,12 @@ def cmd_reap(args: argparse.Namespace) -> int:
     def publish(job_id: str, model: str) -> None:
         producer.send_task(TASK_NAME, args=[job_id], queue=queue_name(model))
 
+    def publish_records(set_id: str, model: str) -> None:
+        producer.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
+
     engine = make_engine(settings.database())
-    reaper = Reaper(settings, make_sessionmaker(engine), publish, broker_marker(settings))
+    marker = broker_marker(settings)
+    reaper = Reaper(settings, make_sessionmaker(engine), publish, marker, publish_records)
     try:
         if args.loop:
             reaper.run(threading.Event())

@@ -309,6 +309,12 @@ def check_group(
     return node_types
 
 
+LATENT_INPUT_LOCATIONS = (
+    ActivationLocationType.ONLINE_MLP_AUTOENCODER_LATENT,
+    ActivationLocationType.ONLINE_AUTOENCODER_LATENT,
+)
+
+
 def check_input_direction_ablation(
     inference: InferenceRequestSpec, path: str, shape: Shape
 ) -> None:
@@ -321,10 +327,16 @@ def check_input_direction_ablation(
             path=path,
         )
     index = ablations[0].index
-    if index.activation_location_type is not ActivationLocationType.MLP_POST_ACT:
+    latent = index.activation_location_type in LATENT_INPUT_LOCATIONS
+    if latent and (shape.autoencoders is None or shape.autoencoders.get("mlp") is None):
         raise RequestValidationError(
-            "vocab_token_write_to_input_direction needs its ablation spec at mlp.post_act, "
-            f"not {index.activation_location_type.value}",
+            "vocab_token_write_to_input_direction at a latent needs an MLP autoencoder loaded",
+            path=path,
+        )
+    if not latent and index.activation_location_type is not ActivationLocationType.MLP_POST_ACT:
+        raise RequestValidationError(
+            "vocab_token_write_to_input_direction needs its ablation spec at mlp.post_act or an "
+            f"MLP autoencoder latent, not {index.activation_location_type.value}",
             path=path,
         )
     if (

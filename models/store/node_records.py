@@ -33,11 +33,13 @@ from models.store.tables import NodeExplanation, NodeRecord, RecordSet, utcnow
 RECORDS_TASK = "actq.build_records"  # the Celery task of a records job (``worker.records``)
 # The node kinds a records job builds, and the dst their records are stored (and asked) under.
 KIND_DSTS = {"mlp_neuron": "mlp_post_act", "attention_head": "attn_write_norm"}
-# Reserved for the engine's autoencoders: each latent's records under its own dst.
+# The served autoencoders' latents: stored under TDB's offline latent dst (what its node pages ask
+# ``/neuron_record`` for), in a dataset the UI names ``MODEL_AE`` (``find_record``).
 LATENT_KINDS = {
     "mlp_autoencoder_latent": "mlp_autoencoder_latent",
     "attention_autoencoder_latent": "attention_autoencoder_latent",
 }
+LATENT_SLOTS = {"mlp_autoencoder_latent": "mlp", "attention_autoencoder_latent": "attention"}
 DST_LABELS = {
     "mlp_post_act": "MLP neurons",
     "attn_write_norm": "Attention write by token pair",
@@ -208,9 +210,12 @@ def find_record(
     (a model's ``dataset_name``), a record set's name, id or ``actq://records/ID`` path."""
     sets = finished_sets(session)
     for dataset in datasets:
+        first, *ae_names = dataset.split("_")  # TDB's UI: MODEL or MODEL_AE[_AE]
         for record_set in sets:
             names = {dataset_name(record_set.model), record_set.name, record_set.id}
-            if dataset not in names and dataset != dataset_path(record_set):
+            served = set((record_set.autoencoders or {}).values())
+            by_model = first in names and set(ae_names) <= served
+            if dataset not in names and dataset != dataset_path(record_set) and not by_model:
                 continue
             record = session.get(NodeRecord, (record_set.id, dst, layer, index))
             if record is not None:

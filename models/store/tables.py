@@ -282,11 +282,12 @@ class JobTag(Base):
 
 class RecordSet(Base):
     """A records job and the node records it built (``models.store.node_records``): what a node
-    does over a corpus, read by TDB's ``/neuron_record`` and ``/attention_head_record``.
+        does over a corpus, read by TDB's ``/neuron_record`` and ``/attention_head_record``.
 
-    Its lifecycle is a job's (queued, started with attempts, worker and heartbeat, then finished
-    or failed); ``done_sequences`` of ``n_sequences`` is its progress. The corpus is kept
-    (compressed) so that a redelivered job can run again."""
+        Its lifecycle is a job's (queued, started with attempts, worker and heartbeat, then finished
+        or failed), and so is its recovery: the outbox (``published_at``) and the reaper
+    (``models.store.record_recovery``); ``done_sequences`` of ``n_sequences`` is its progress. The corpus is kept
+        (compressed) so that a redelivered job can run again."""
 
     __tablename__ = "record_sets"
 
@@ -312,6 +313,8 @@ class RecordSet(Base):
     started_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    published_at: Mapped[dt.datetime | None]  # the outbox, as ``Job.published_at``
+    autoencoders: Mapped[dict[str, Any] | None]  # slot -> AE name, for latent records
 
 
 class NodeRecord(Base):

@@ -165,18 +165,27 @@ def _previous_resid(grad: bool) -> Fn:
     return fn
 
 
+LATENT_INPUT_LOCATIONS = ("online_mlp_autoencoder_latent", "online_autoencoder_latent")
+
+
 def _vocab_token_write_to_input_direction(v: ElementView, layer):
+    """Each token embedding's read by the neuron (or MLP AE latent) the ablation names, as if the
+    MLP's residual input were exactly that embedding (TDB's latent node pages ask for it too)."""
     index = v.fake_grad_index
-    if index is None or index.location != "mlp.post_act":
+    if index is None or index.location not in ("mlp.post_act", *LATENT_INPUT_LOCATIONS):
         raise UnsupportedError(
             "vocab_token_write_to_input_direction needs exactly one ablation spec at mlp.post_act "
-            "(its index names the neuron)",
+            "or an MLP autoencoder latent (its index names the neuron or latent)",
             f"{v.path}.ablationSpecs",
         )
 
     def compute():
         j = index.indices[1]
         normed = v.weights.mlp_input(index.layer, v.weights.W_E)
+        if index.location in LATENT_INPUT_LOCATIONS:
+            from .autoencoders.dsts import vocab_latent_pre_activations
+
+            return vocab_latent_pre_activations(v, index.layer, j, normed)
         return v.weights.mlp_read_scalar(index.layer, normed, j)
 
     w = v.cached("vocab_input_direction", compute)

@@ -11,7 +11,7 @@ Each node kind is one ``Kind``: the hook points it reads and how it turns them i
 ``[batch, nodes, width]``. Neurons read ``mlp.post_act``; heads read the attention pattern and the
 value vectors (a head's write from key k to query q is ``probs[q, k] * (v[k] @ W_O)``, so its norm
 is ``probs[q, k] * |v[k] @ W_O|``, no tokens x tokens x d_model tensor). An autoencoder latent
-kind reads its input point and applies its encoder, and slots in as one more entry of ``KINDS``.
+kind (``LatentKind``) reads its AE's input point and applies its encoder.
 """
 
 from __future__ import annotations
@@ -51,10 +51,53 @@ class Kind:
     def n_nodes(self, model) -> int:
         return model.meta.d_mlp if self.dst == "mlp_post_act" else model.meta.n_heads
 
+    def point_names(self, model) -> tuple[str, ...]:
+        return self.points
+
+    def layers(self, model) -> list[int]:
+        return list(range(model.meta.n_layers))
+
+
+@dataclass(frozen=True)
+class LatentKind(Kind):
+    """The latents of the served AE of one slot (``mlp`` or ``attention``), at the layers it
+    covers: the offline latent DST (``mlp_autoencoder_latent``, ``attention_autoencoder_latent``),
+    the AE's encoder applied to its input point as the engine's offline latent DSTs do (an
+    ``resid_delta_mlp`` AE reads the MLP's write without ``b_out``, engine.md §9.6)."""
+
+    slot: str = "mlp"
+
+    def ae(self, model):
+        ae = model.autoencoders.get(self.slot)
+        if ae is None:
+            raise ValueError(f"records of {self.name} need a served {self.slot} autoencoder")
+        return ae
+
+    def point_names(self, model) -> tuple[str, ...]:
+        ae = self.ae(model)
+        return ("mlp.post_act",) if ae.input_dst == "resid_delta_mlp" else (ae.input_point,)
+
+    def layers(self, model) -> list[int]:
+        return sorted(self.ae(model).layers)
+
+    def n_nodes(self, model) -> int:
+        return self.ae(model).n_latents
+
+    def activations(self, model, layer: int, saved: dict) -> torch.Tensor:
+        ae = self.ae(model)
+        x = saved[(self.point_names(model)[0], layer)]
+        if ae.input_dst == "resid_delta_mlp":
+            x = x @ model.weights.layers[layer].w_out
+        return ae.layers[layer].encode(x).transpose(1, 2)  # [B, latents, T]
+
 
 KINDS = {
     "mlp_neuron": Kind("mlp_neuron", "mlp_post_act", ("mlp.post_act",)),
     "attention_head": Kind("attention_head", "attn_write_norm", ("attn.qk_probs", "attn.v")),
+    "mlp_autoencoder_latent": LatentKind("mlp_autoencoder_latent", "mlp_autoencoder_latent", ()),
+    "attention_autoencoder_latent": LatentKind(
+        "attention_autoencoder_latent", "attention_autoencoder_latent", (), slot="attention"
+    ),
 }
 
 
@@ -106,11 +149,10 @@ class RecordBuilder:
     def __init__(self, model, kinds: list[str], top_k: int, seq_len: int) -> None:
         self.model, self.seq_len, self.top_k = model, seq_len, top_k
         self.kinds = [KINDS[k] for k in kinds]
-        layers = range(model.meta.n_layers)
         self.tops = {
             (kind.name, layer): TopSequences.empty(top_k, kind.n_nodes(model), kind.width(seq_len))
             for kind in self.kinds
-            for layer in layers
+            for layer in kind.layers(model)
         }
 
     def _pass(self, sequences: list[list[int]]) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -124,8 +166,8 @@ class RecordBuilder:
             pad[row, : len(seq)] = False
         hooks = Hooks()
         for kind in self.kinds:
-            for layer in range(self.model.meta.n_layers):
-                hooks.save_forward.update((point, layer) for point in kind.points)
+            for layer in kind.layers(self.model):
+                hooks.save_forward.update((point, layer) for point in kind.point_names(self.model))
         with torch.no_grad():
             forward(self.model.weights, tokens.to(device), pad.to(device), hooks, needs_grad=False)
         valid = ~pad
@@ -138,7 +180,7 @@ class RecordBuilder:
         saved, tokens_valid, pairs_valid = self._pass(sequences)
         for kind in self.kinds:
             valid = pairs_valid if kind.dst == "attn_write_norm" else tokens_valid
-            for layer in range(self.model.meta.n_layers):
+            for layer in kind.layers(self.model):
                 yield kind, layer, kind.activations(self.model, layer, saved).float().cpu(), valid
 
     def add_batch(self, sequences: list[list[int]], ids: list[int]) -> None:

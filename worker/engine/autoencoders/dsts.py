@@ -251,3 +251,29 @@ for _kind in PREFIX:
     AE_DSTS.update(_family(_kind))
 AE_DSTS.update(_errors())
 AE_DSTS.update(_section_3_9())
+
+
+def vocab_latent_pre_activations(v: ElementView, layer: int, latent: int, normed: torch.Tensor):
+    """[V]: the MLP AE's latent pre-activation (no nonlinearity) for each token's normalised
+    embedding ``normed`` [V, d] passed through the layer's MLP, as TDB's
+    ``vocab_token_write_to_input_direction`` does for latents: the MLP's activations for an
+    ``mlp_post_act`` AE, its whole output (with ``b_out``) for a ``resid_delta_mlp`` one.
+    In chunks of the vocabulary, so that [V, d_mlp] is never held at once."""
+    ae = autoencoder(v, "mlp", f"{v.path}.ablationSpecs")
+    if ae.input_dst not in ("mlp_post_act", "resid_delta_mlp") or layer not in ae.layers:
+        raise RequestValidationError(
+            f"the MLP autoencoder reads {ae.input_dst} and covers layers {sorted(ae.layers)}: no "
+            f"input direction for layer {layer}",
+            f"{v.path}.ablationSpecs.0.index",
+        )
+    part, lw = ae.layers[layer], v.weights.layers[layer]
+    out = []
+    for rows in normed.split(4096):
+        post = v.weights.activation(rows @ lw.w_in + lw.b_in)
+        if lw.w_up is not None:
+            post = post * (rows @ lw.w_up + lw.b_up)
+        x = post if ae.input_dst == "mlp_post_act" else post @ lw.w_out + lw.b_out
+        if part.subtract_pre_bias:
+            x = x - part.pre_bias
+        out.append(x @ part.w_enc[latent] + part.latent_bias[latent])
+    return torch.cat(out)
