@@ -184,7 +184,9 @@ def main() -> None:
                     run("batched_tdb", request, model)
                     times.append(time.perf_counter() - start)
                     cpu.append(time.process_time() - start_cpu)
-            floor, floor_cpu = floor_seconds(model_dir, model.autoencoders.all(), 2, n, args.repeats)
+            floor, floor_cpu = floor_seconds(
+                model_dir, model.autoencoders.all(), 2, n, args.repeats
+            )
             median, median_cpu = statistics.median(times), statistics.median(cpu)
             print(
                 f"{n:6d} {first:7.2f} {min(times):7.2f} {median:7.2f} {floor:7.2f} "
