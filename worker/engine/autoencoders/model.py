@@ -173,31 +173,30 @@ class Autoencoder:
 
     def write_norms(self, layer: int, w_out: torch.Tensor | None, latents=None) -> torch.Tensor:
         """‖W_write[j]‖ ([m]) for the given latents (all when None), each computed once and
-        cached; the others are NaN. Only norms are kept: the [m, d] write matrix of a
-        32k-latent MLP AE is 100 MB a layer."""
+        cached; the others are 0 until asked for. Only norms are kept: the [m, d] write matrix
+        of a 32k-latent MLP AE is 100 MB a layer."""
         key = ("norm", layer)
-        m = self.layers[layer].n_latents
-        norms = self._write_cache.get(key)
-        if norms is None:
-            norms = self._write_cache[key] = torch.full(
-                (m,), float("nan"), device=self.layers[layer].w_enc.device
+        if key not in self._write_cache:
+            m, device = self.layers[layer].n_latents, self.layers[layer].w_enc.device
+            self._write_cache[key] = (
+                torch.zeros(m, device=device),
+                torch.zeros(m, dtype=torch.bool, device=device),
             )
-        wanted = torch.arange(m, device=norms.device) if latents is None else latents
-        missing = wanted[torch.isnan(norms[wanted])]
+        norms, known = self._write_cache[key]
+        wanted = torch.arange(norms.numel(), device=norms.device) if latents is None else latents
+        missing = wanted[~known[wanted]]
         if missing.numel():
             norms[missing] = torch.cat(
                 [w.norm(dim=-1) for w in self._writes_of(layer, missing, w_out)]
             )
+            known[missing] = True
         return norms
 
     def times_write_norms(self, layer: int, z: torch.Tensor, w_out: torch.Tensor | None):
         """z[t, j] · ‖W_write[j]‖ ([T, m]); only the norms of latents active somewhere in z are
         needed (0 · ‖W_write[j]‖ is 0)."""
         active = torch.nonzero((z != 0).reshape(-1, z.shape[-1]).any(dim=0)).flatten()
-        norms = self.write_norms(layer, w_out, active)
-        out = torch.zeros_like(z)
-        out[..., active] = z[..., active] * norms[active]
-        return out
+        return z * self.write_norms(layer, w_out, active)
 
     def project_on_active_writes(self, layer: int, g: torch.Tensor, z: torch.Tensor, w_out):
         """z ⊙ (g W_writeᵀ) for g, z [R, d], [R, m]: each row's active latents only, as
