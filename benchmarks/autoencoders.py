@@ -6,9 +6,9 @@ built in memory, shaped as TDB's released gpt2-small AEs: an MLP AE on ``mlp_pos
 and an attention AE on ``resid_delta_attn`` (n 768), 32,768 latents each, on all 12 layers
 (12.5 GB of float32). Each AE's latent bias is set so that about 2.5% of latents are active on
 this prompt, as in real AEs. Then, per prompt length, the UI's pair (a latent-mode node table,
-its twin with one MLP latent ablated) is answered: the first request once (it also computes every
-latent's write norm, once per process), then ``--repeats`` timed ones, while a thread records the
-peak resident memory. The floor is HF's GPT2LMHeadModel forward+backward of the same batch with
+its twin with one MLP latent ablated) is answered: the first request once (it also computes the
+write norms of the latents it meets, once per process), then ``--repeats`` timed ones, while a
+thread records the peak resident memory. The floor is HF's GPT2LMHeadModel forward+backward of the same batch with
 frozen weights plus one dense encode and decode per AE per layer (issue 11's definition).
 
 Needs ~14 GB of memory: run it alone, under the shared lock:
@@ -45,8 +45,9 @@ def random_autoencoder(name: str, input_dst: str, n: int, n_layers: int, generat
     layers = {}
     for layer in range(n_layers):
         w_enc = torch.randn(m, n, generator=generator) / n**0.5
-        w_dec = w_enc.T.contiguous()  # unit-ish columns, untied storage as in released files
-        w_dec /= w_dec.norm(dim=0, keepdim=True)
+        rows = w_enc.clone()  # untied storage as in released files, unit decoder columns
+        rows /= rows.norm(dim=1, keepdim=True)
+        w_dec = rows.T  # [n, m], laid out per latent as AutoencoderLayer keeps it
         layers[layer] = AutoencoderLayer(torch.zeros(n), w_enc, torch.zeros(m), w_dec, "relu")
     return Autoencoder(name, input_dst, layers, "tdb", f"random-{name}")
 
@@ -100,9 +101,9 @@ def floor_seconds(model_dir: Path, aes, batch: int, n_tokens: int, repeats: int)
     for p in hf.parameters():
         p.requires_grad_(False)
     tokens = torch.randint(0, 50000, (batch, n_tokens))
-    times = []
+    times, cpu = [], []
     for i in range(repeats + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         x = hf.transformer.wte(tokens).detach().requires_grad_(True)
         logits = hf(inputs_embeds=x).logits
         (logits[:, -1, 100] - logits[:, -1, 200]).sum().backward()
@@ -113,9 +114,10 @@ def floor_seconds(model_dir: Path, aes, batch: int, n_tokens: int, repeats: int)
                     part.decode(part.encode(inputs))
         if i:
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     del hf
     gc.collect()
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main() -> None:
@@ -167,28 +169,37 @@ def main() -> None:
             f"{os.cpu_count()} CPU threads"
         )
         print(
-            f"{'tokens':>6} {'first':>7} {'min':>7} {'median':>7} {'floor':>7} {'ratio':>6} {'peak GiB':>9} {'peak-resident GiB':>18}"
+            f"{'tokens':>6} {'first':>7} {'min':>7} {'median':>7} {'floor':>7} {'ratio':>6} "
+            f"{'cpu':>7} {'floor cpu':>9} {'cpu ratio':>9} {'peak GiB':>9} {'peak-resident GiB':>18}"
         )
         for n in args.tokens:
             request = ui_pair(prompt_of(model.tokenizer, n))
-            times = []
+            times, cpu = [], []
             with PeakRss() as rss:
                 start = time.perf_counter()
                 run("batched_tdb", request, model)
                 first = time.perf_counter() - start
                 for _ in range(args.repeats):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     run("batched_tdb", request, model)
                     times.append(time.perf_counter() - start)
-            floor = floor_seconds(model_dir, model.autoencoders.all(), 2, n, args.repeats)
-            median = statistics.median(times)
+                    cpu.append(time.process_time() - start_cpu)
+            floor, floor_cpu = floor_seconds(
+                model_dir, model.autoencoders.all(), 2, n, args.repeats
+            )
+            median, median_cpu = statistics.median(times), statistics.median(cpu)
             print(
                 f"{n:6d} {first:7.2f} {min(times):7.2f} {median:7.2f} {floor:7.2f} "
-                f"{median / floor:6.2f} {rss.peak / 2**30:9.2f} {(rss.peak - resident) / 2**30:18.2f}"
+                f"{median / floor:6.2f} {median_cpu:7.2f} {floor_cpu:9.2f} "
+                f"{median_cpu / floor_cpu:9.2f} {rss.peak / 2**30:9.2f} "
+                f"{(rss.peak - resident) / 2**30:18.2f}",
+                flush=True,
             )
         print(
-            "seconds; first = the first request of the process (it computes the write norms of "
-            "every latent once); ratio = median / floor; the pair = 2 sub-requests of n tokens"
+            "seconds; first = the first request of the process (it computes the write norms of the "
+            "active latents once); ratio = median / floor; cpu = the process's CPU seconds (less "
+            "sensitive than wall time to other processes on a shared machine); the pair = 2 "
+            "sub-requests of n tokens"
         )
 
 

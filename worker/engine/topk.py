@@ -76,10 +76,15 @@ def _sliced(tensor: torch.Tensor, token_index: int | None) -> torch.Tensor:
     return tensor[token_index].unsqueeze(0)
 
 
-def select_dst(dst: DstTensors, k: int | None, largest: bool, token_index: int | None) -> Selection:
+def select_dst(
+    dst: DstTensors, k: int | None, largest: bool, token_index: int | None, flat=None
+) -> Selection:
+    """The k extreme nodes of one DST; ``flat`` is its layers' values flattened, when the caller
+    already has them (both directions of a group read the same, e.g. 8M latent values)."""
     layers = list(dst.forward)
     tensors = [_sliced(dst.forward[layer], token_index) for layer in layers]
-    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if flat is None:
+        flat = flat_values(dst, token_index)
     count = flat.numel() if k is None else min(k, flat.numel())
     chosen = select_indices(flat, count, largest).tolist()
     offsets = [0]
@@ -96,6 +101,12 @@ def select_dst(dst: DstTensors, k: int | None, largest: bool, token_index: int |
         out.values.append(value)
         out.nodes.append((dst.node_type, tuple(indices), layers[pos], "forward"))
     return out
+
+
+def flat_values(dst: DstTensors, token_index: int | None) -> torch.Tensor:
+    return torch.cat(
+        [_sliced(dst.forward[layer], token_index).reshape(-1) for layer in dst.forward]
+    )
 
 
 def _bisect(offsets: list[int], flat_index: int) -> int:
@@ -121,12 +132,19 @@ def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -
     """Top list then bottom list of one group, each ordered by descending value (§5.5.2)."""
     if k is None:
         k = sum(sum(_sliced(t, token_index).numel() for t in d.forward.values()) for d in dsts)
+    selections = []
+    for dst in dsts:  # each DST flattened once for both directions
+        flat = flat_values(dst, token_index)
+        selections.append(
+            [select_dst(dst, k, largest, token_index, flat) for largest in (True, False)]
+        )
+        del flat
     nodes: list[Node] = []
-    for largest in (True, False):
+    for direction in (0, 1):
         values: list[float] = []
         found: list[Node] = []
-        for dst in dsts:
-            sel = select_dst(dst, k, largest, token_index)
+        for per_direction in selections:
+            sel = per_direction[direction]
             values += sel.values
             found += sel.nodes
         order = sorted(range(len(values)), key=lambda i: -values[i])  # stable: ties keep DST order

@@ -44,7 +44,7 @@ def _w_out(v: ElementView, layer: int):
 def _write_norm(kind):
     def fn(v, layer):
         ae = autoencoder(v, kind)
-        return v.fwd(ae.latent_point, layer) * ae.write_norms(layer, _w_out(v, layer))
+        return ae.times_write_norms(layer, v.fwd(ae.latent_point, layer), _w_out(v, layer))
 
     return fn
 
@@ -66,7 +66,7 @@ def _write_to_grad(kind, activation: bool):
             return torch.zeros_like(z)
         rows = torch.nonzero(g.any(dim=-1)).flatten()  # a loss direction is 0 but at one token
         out = torch.zeros_like(z)
-        out[rows] = z[rows] * ae.project_on_writes(layer, g[rows], _w_out(v, layer))
+        out[rows] = ae.project_on_active_writes(layer, g[rows], z[rows], _w_out(v, layer))
         return out
 
     return fn
@@ -99,7 +99,7 @@ def _offline_latents(kind):
 def _offline_write_norm(kind):
     def fn(v, layer):
         ae = autoencoder(v, kind)
-        return _offline_latents(kind)(v, layer) * ae.write_norms(layer, _w_out(v, layer))
+        return ae.times_write_norms(layer, _offline_latents(kind)(v, layer), _w_out(v, layer))
 
     return fn
 

@@ -42,6 +42,18 @@ class AutoencoderLayer:
     threshold: torch.Tensor | None = None  # jumprelu, [m]
     subtract_pre_bias: bool = True  # SAELens apply_b_dec_to_input
 
+    def __post_init__(self):
+        # W_dec [n, m] is kept as the transpose of a contiguous [m, n]: each latent's decoder
+        # row is contiguous, so decoding and differentiating only the active latents reads just
+        # their rows (autoencoders.sparse). A TDB file's [n, m] is re-laid out once, at load.
+        if not self.w_dec.T.is_contiguous():
+            self.w_dec = self.w_dec.T.contiguous().T
+
+    @property
+    def decoder_rows(self) -> torch.Tensor:
+        """W_decᵀ [m, n], contiguous: row j is latent j's write in the AE-input space."""
+        return self.w_dec.T
+
     @property
     def n_inputs(self) -> int:
         return self.w_enc.shape[1]
@@ -68,6 +80,20 @@ class AutoencoderLayer:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.encode_pre_act(x))
 
+    def encode_one(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        """encode(x)[..., j], reading only encoder row j unless the activation (TopK) couples
+        the latents."""
+        if self.activation == "topk":
+            return self.encode(x)[..., j]
+        if self.subtract_pre_bias:
+            x = x - self.pre_bias
+        pre = x @ self.w_enc[j] + self.latent_bias[j]
+        if self.activation == "identity":
+            return pre
+        if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold[j])
+        return torch.relu(pre)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.w_dec.T + self.pre_bias
 
@@ -79,7 +105,7 @@ class AutoencoderLayer:
             move(self.pre_bias),
             move(self.w_enc),
             move(self.latent_bias),
-            move(self.w_dec),
+            move(self.decoder_rows).T,
             self.activation,
             self.k,
             move(self.threshold),
@@ -127,7 +153,7 @@ class Autoencoder:
     def write_vectors(self, layer: int, w_out: torch.Tensor | None) -> torch.Tensor:
         """W_write [m, d]: each latent's residual write (through W_out for mlp_post_act AEs)."""
         if layer not in self._write_cache:
-            rows = self.layers[layer].w_dec.T
+            rows = self.layers[layer].decoder_rows
             if self.input_dst == "mlp_post_act":
                 rows = rows @ w_out
             self._write_cache[layer] = rows.contiguous()
@@ -135,26 +161,55 @@ class Autoencoder:
 
     def write_vector(self, layer: int, j: int, w_out: torch.Tensor | None) -> torch.Tensor:
         """W_write[j] alone ([d]), without building the whole [m, d] matrix."""
-        row = self.layers[layer].w_dec[:, j]
+        row = self.layers[layer].decoder_rows[j]
         return row @ w_out if self.input_dst == "mlp_post_act" else row
 
-    def write_norms(self, layer: int, w_out: torch.Tensor | None) -> torch.Tensor:
-        """‖W_write[j]‖ for every latent ([m]), computed once in chunks and cached (only the
-        norms are kept: the [m, d] write matrix of a 32k-latent MLP AE is 100 MB a layer)."""
+    def _writes_of(self, layer: int, latents: torch.Tensor, w_out: torch.Tensor | None):
+        """W_write of some latents ([k, d]), in chunks (only those decoder rows are read)."""
+        rows = self.layers[layer].decoder_rows
+        for start in range(0, latents.numel(), CHUNK):
+            part = rows.index_select(0, latents[start : start + CHUNK])
+            yield part @ w_out if self.input_dst == "mlp_post_act" else part
+
+    def write_norms(self, layer: int, w_out: torch.Tensor | None, latents=None) -> torch.Tensor:
+        """‖W_write[j]‖ ([m]) for the given latents (all when None), each computed once and
+        cached; the others are 0 until asked for. Only norms are kept: the [m, d] write matrix
+        of a 32k-latent MLP AE is 100 MB a layer."""
         key = ("norm", layer)
         if key not in self._write_cache:
-            w_dec = self.layers[layer].w_dec
-            parts = []
-            for start in range(0, w_dec.shape[1], 4096):
-                rows = w_dec[:, start : start + 4096].T
-                if self.input_dst == "mlp_post_act":
-                    rows = rows @ w_out
-                parts.append(rows.norm(dim=-1))
-            self._write_cache[key] = torch.cat(parts)
-        return self._write_cache[key]
+            m, device = self.layers[layer].n_latents, self.layers[layer].w_enc.device
+            self._write_cache[key] = (
+                torch.zeros(m, device=device),
+                torch.zeros(m, dtype=torch.bool, device=device),
+            )
+        norms, known = self._write_cache[key]
+        wanted = torch.arange(norms.numel(), device=norms.device) if latents is None else latents
+        missing = wanted[~known[wanted]]
+        if missing.numel():
+            norms[missing] = torch.cat(
+                [w.norm(dim=-1) for w in self._writes_of(layer, missing, w_out)]
+            )
+            known[missing] = True
+        return norms
 
-    def project_on_writes(self, layer: int, g: torch.Tensor, w_out: torch.Tensor | None):
-        """g [T, d] against every latent's write: [T, m] = g W_writeᵀ, as (g W_outᵀ) W_dec."""
+    def times_write_norms(self, layer: int, z: torch.Tensor, w_out: torch.Tensor | None):
+        """z[t, j] · ‖W_write[j]‖ ([T, m]); only the norms of latents active somewhere in z are
+        needed (0 · ‖W_write[j]‖ is 0)."""
+        active = torch.nonzero((z != 0).reshape(-1, z.shape[-1]).any(dim=0)).flatten()
+        return z * self.write_norms(layer, w_out, active)
+
+    def project_on_active_writes(self, layer: int, g: torch.Tensor, z: torch.Tensor, w_out):
+        """z ⊙ (g W_writeᵀ) for g, z [R, d], [R, m]: each row's active latents only, as
+        (g W_outᵀ) against their decoder rows ([R, m], 0 where z is 0)."""
         if self.input_dst == "mlp_post_act":
             g = g @ w_out.T
-        return g @ self.layers[layer].w_dec
+        rows = self.layers[layer].decoder_rows
+        out = torch.zeros_like(z)
+        active = torch.nonzero((z != 0).any(dim=0)).flatten()
+        for start in range(0, active.numel(), CHUNK):
+            cols = active[start : start + CHUNK]
+            out[:, cols] = z[:, cols] * (g @ rows.index_select(0, cols).T)
+        return out
+
+
+CHUNK = 4096

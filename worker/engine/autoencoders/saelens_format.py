@@ -113,7 +113,7 @@ def read_layer(folder: Path) -> tuple[int, str, AutoencoderLayer]:
         pre_bias=tensors["b_dec"].float(),
         w_enc=w_enc.T.contiguous(),
         latent_bias=tensors["b_enc"].float(),
-        w_dec=w_dec.T.contiguous(),
+        w_dec=w_dec.T,  # [n, m] over SAELens's [m, n] rows: the layout AutoencoderLayer keeps
         activation=activation,
         k=k,
         threshold=tensors["threshold"].float() if architecture == "jumprelu" else None,

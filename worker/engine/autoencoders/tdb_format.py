@@ -88,7 +88,7 @@ def omit_dead_latents(
             torch.zeros_like(ae.pre_bias),
             ae.w_enc[:keep].contiguous(),
             ae.latent_bias[:keep].contiguous(),
-            ae.w_dec[:, :keep].contiguous(),
+            ae.w_dec[:, :keep],
         )
     logger.warning(
         "autoencoder %s: TDB's dead-latent omission keeps the first %d latents of every layer "

@@ -71,7 +71,7 @@ def token_pair_attributions(view, nodes, count: int) -> list[dict | None]:
         part = ae.layers[layer]
         t, j = idx[0] % view.T, idx[-1]
         x = view.fwd("resid.delta_attn", layer)[t]
-        if float(part.encode(x[None])[0, j]) <= 0:
+        if float(part.encode_one(x, j)) <= 0:
             continue
         probs = view.fwd("attn.qk_probs", layer)[t]  # [k, h]
         write = torch.einsum("kh,khd->kd", probs, view.vo(layer))
