@@ -30,6 +30,7 @@ def test_every_benchmark_is_covered():
     # a new one gets its run below
     assert BENCHMARKS == [
         "autoencoders.py",
+        "cobatch.py",
         "compare.py",
         "cost.py",
         "engine.py",
@@ -63,6 +64,14 @@ def test_the_engine_benchmark_runs_quick():
     done = _run("engine.py", _env())
     assert re.search(r"^batched_tdb\s+8\s", done.stdout, flags=re.MULTILINE), done.stdout
     assert re.search(r"^multiple_top_k_derived_scalars\s+8\s", done.stdout, flags=re.MULTILINE)
+
+
+def test_the_cobatch_benchmark_runs_quick(pg_server_url, redis_url):
+    broker = re.sub(r"/\d+$", "", redis_url) + f"/{BENCH_REDIS_DB}"
+    env = _env(ACTQ_TEST_DATABASE_URL=pg_server_url, ACTQ_TEST_BROKER_URL=broker)
+    done = _run("cobatch.py", env)
+    assert "byte-identical: True" in done.stdout, done.stdout
+    assert re.search(r"service +one by one +[\d.]+ s", done.stdout), done.stdout
 
 
 def test_the_service_benchmark_runs_quick(pg_server_url, redis_url):

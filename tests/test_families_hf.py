@@ -14,7 +14,7 @@ from models.errors import RequestValidationError
 from tests.family_models import VARIANTS, build, load_hf
 from tests.hf_capture import Capture
 from worker.engine import load_model, run
-from worker.engine.hooks import HOOK_POINTS
+from worker.engine.hooks import HOOK_POINTS, SEQUENCE_AXES
 from worker.engine.inference import Ablation, ElementPlan, run_pass
 from worker.engine.losses import LossSpec
 
@@ -63,11 +63,19 @@ def _close(ours: torch.Tensor, ref: torch.Tensor, what, rel=1e-5):
 
 
 def _engine_pass(model, tokens, ablations=(), loss=None, grads=False):
+    """The pass's saved values and gradients, cut to the sequence (the pass runs wider:
+    ``inference.compute_width``)."""
     keys = set(_points(model))
     plan = ElementPlan(tokens=tokens, ablations=list(ablations), loss=loss)
-    return run_pass(
+    hooks = run_pass(
         model.weights, [plan], keys, keys if grads else set(), grads, model.device
     ).hooks
+    for store in (hooks.saved, hooks.grads):
+        for (name, layer), value in store.items():
+            for axis in SEQUENCE_AXES[name]:
+                value = value.narrow(axis + 1, 0, min(len(tokens), value.shape[axis + 1]))
+            store[(name, layer)] = value
+    return hooks
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,6 +48,9 @@ STACK_ENV = {
     "ACTQ_JOB_TIME_LIMIT": "60",
     "ACTQ_MAX_ATTEMPTS": "3",
     "ACTQ_RATE_BURST": "20",
+    # one job per worker process, as these scenarios count on (tests/test_cobatch_stack.py runs
+    # the same stack with co-batching)
+    "ACTQ_BATCH_JOBS": "1",
 }
 
 

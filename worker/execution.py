@@ -51,6 +51,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+FINAL_STATUSES = ("finished", "failed", "canceled")
 Publish = Callable[[str, str], None]  # (job id, model): send the job's message again
 
 
@@ -92,6 +93,23 @@ def claim(
     if republish:
         _republish(sessions, job_id, claimed.model, publish)
     return claimed
+
+
+def claim_exact(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None = None,
+) -> Claimed | None:
+    """Claim ``job_id`` itself, or None: a co-batching worker's companions (``worker.cobatch``),
+    which ride along with a job the fair order already chose."""
+    with sessions.begin() as session:
+        attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
+        if attempt is None:
+            return None
+        job = store.get_job(session, job_id)
+        return Claimed(job_id, attempt, job.endpoint, job.model, job.request, list(job.tags or []))
 
 
 def _republish(sessions, job_id: str, model: str, publish: Publish | None) -> None:
@@ -284,21 +302,33 @@ def execute_job(
     bounds the run; ``lease_seconds`` and ``heartbeat_seconds`` override two of them.
     """
     worker = worker or worker_name()
-    overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
-    limits = replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
+    limits = effective_limits(limits, lease_seconds, heartbeat_seconds)
     job = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts, publish)
     if job is None:
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
     log.info("Job %s: claimed by %s (attempt %d)", job.job_id, worker, job.attempt)
-    status = _run_claimed(sessions, job, model, runner, limits)
-    if done is not None and status in ("finished", "failed", "canceled"):
+    status = run_claimed(sessions, job.job_id, job, model=model, runner=runner, limits=limits)
+    if done is not None and status in FINAL_STATUSES:
         done(job.job_id)
     return status
 
 
-def _run_claimed(sessions, job: Claimed, model, runner, limits: JobLimits) -> str:
-    job_id = job.job_id
+def effective_limits(limits, lease_seconds=None, heartbeat_seconds=None) -> JobLimits:
+    overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
+    return replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
+
+
+def run_claimed(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    job: Claimed,
+    *,
+    model: Callable[[], Any],
+    runner: Runner | None = None,
+    limits: JobLimits,
+) -> str:
+    """Run a job this worker holds (``job``, its claim) to its final status."""
     with heartbeat(sessions, job_id, job.attempt, limits.heartbeat_seconds):
         stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
         if stopped:

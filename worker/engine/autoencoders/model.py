@@ -165,11 +165,17 @@ class Autoencoder:
         return row @ w_out if self.input_dst == "mlp_post_act" else row
 
     def _writes_of(self, layer: int, latents: torch.Tensor, w_out: torch.Tensor | None):
-        """W_write of some latents ([k, d]), in chunks (only those decoder rows are read)."""
+        """W_write of some latents ([k, d]), in blocks (only those decoder rows are read)."""
         rows = self.layers[layer].decoder_rows
-        for start in range(0, latents.numel(), CHUNK):
-            part = rows.index_select(0, latents[start : start + CHUNK])
-            yield part @ w_out if self.input_dst == "mlp_post_act" else part
+        for start in range(0, latents.numel(), NORM_BLOCK):
+            block = latents[start : start + NORM_BLOCK]
+            k = block.numel()
+            # always a full block (padded with its first latent): each latent's write comes
+            # out of the same shape of product whichever latents share it, so a cached norm
+            # never depends on the requests that came before
+            padded = torch.cat([block, block[:1].expand(NORM_BLOCK - k)])
+            part = rows.index_select(0, padded)
+            yield (part @ w_out if self.input_dst == "mlp_post_act" else part)[:k]
 
     def write_norms(self, layer: int, w_out: torch.Tensor | None, latents=None) -> torch.Tensor:
         """‖W_write[j]‖ ([m]) for the given latents (all when None), each computed once and
@@ -213,3 +219,4 @@ class Autoencoder:
 
 
 CHUNK = 4096
+NORM_BLOCK = 64  # latents per product when their write norms are computed
