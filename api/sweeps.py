@@ -146,6 +146,8 @@ def sweep_status(sweep_id: str):
 @bp.post("/v1/sweeps/<sweep_id>/cancel")
 def cancel_sweep(sweep_id: str):
     sweep = visible_sweep(sweep_id)
+    if sweep.status in ("finished", "failed", "canceled"):
+        raise ActqError(f"sweep {sweep_id} already {sweep.status}; nothing to cancel", "id", 409)
     session = get_session()
     status = request_sweep_cancel(session, sweep)
     session.commit()
