@@ -28,7 +28,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_every_benchmark_is_covered():
     # a new one gets its run below
-    assert BENCHMARKS == ["autoencoders.py", "cost.py", "engine.py", "records.py", "service.py"]
+    assert BENCHMARKS == [
+        "autoencoders.py",
+        "cost.py",
+        "engine.py",
+        "records.py",
+        "service.py",
+        "sweeps.py",
+    ]
 
 
 def test_the_autoencoder_benchmark_runs_quick():
@@ -50,6 +57,13 @@ def test_the_engine_benchmark_runs_quick():
     done = _run("engine.py", _env())
     assert re.search(r"^batched_tdb\s+8\s", done.stdout, flags=re.MULTILINE), done.stdout
     assert re.search(r"^multiple_top_k_derived_scalars\s+8\s", done.stdout, flags=re.MULTILINE)
+
+
+def test_the_sweeps_benchmark_runs_quick():
+    done = _run("sweeps.py", _env())
+    assert re.search(r"^tiny-gpt2\s+8\s+8\s+[\d.]+\s+[\d.]+\s+[\d.]+x", done.stdout, re.M), (
+        done.stdout
+    )
 
 
 def test_the_service_benchmark_runs_quick(pg_server_url, redis_url):
