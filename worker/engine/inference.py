@@ -3,6 +3,15 @@
 Every sub-request of a batched request is one row of the batch: right-padded with id 0, its own
 ablations, its own loss or trace. The back-propagated scalar is the sum of the rows' seeds, so
 each row's gradients are those of its own seed. Only the hook points a request needs are saved.
+
+Two widths per row. Its *padded width* is what TDB's quirks read ("position -1 of the padded
+sequence": the loss, negative token indices of a trace): the longest prompt of the row's own batch.
+The *compute width* of the pass is wider: at least ``MIN_WIDTH`` and a multiple of ``ROW_ALIGN``,
+so that every matrix product the pass runs has a row count that is a multiple of the BLAS kernel's
+row block and attention sees at least MIN_WIDTH keys. Measured on MKL (worker/engine/groups.py
+says how): with these shapes a row's values are bit-for-bit the same whatever else is in the
+pass, which is what lets independent batches share one pass and each be answered exactly as
+alone. Padding is causal and masked, so it changes no row's values beyond the last bits.
 """
 
 from __future__ import annotations
@@ -25,6 +34,14 @@ from .tracing import (
     residual_gradient,
     value_direct_effect,
 )
+
+MIN_WIDTH = 16  # below it MKL's attention products round differently with the width
+ROW_ALIGN = 4  # MKL's sgemm row block here: rows in its tail block round differently
+
+
+def compute_width(width: int) -> int:
+    """The pass width for rows whose longest padded width is ``width``."""
+    return max(MIN_WIDTH, -(-width // ROW_ALIGN) * ROW_ALIGN)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class PassResult:
     inference_time: float
     memory_before: float | None
     device: torch.device
+    widths: list[int] = field(default_factory=list)  # each row's padded width (TDB's quirks)
 
 
 def _ablation_keys(ab: Ablation, n_layers: int) -> list[Key]:
@@ -90,10 +108,14 @@ def run_pass(
     needs_backward: bool,
     device: torch.device,
     autoencoders=(),
+    widths: list[int] | None = None,
 ) -> PassResult:
+    """One pass over ``plans`` (one row each). ``widths`` are the rows' padded widths (default:
+    the longest prompt, one batch); the pass itself runs at ``compute_width`` of the longest."""
     n_layers = weights.n_layers
     lengths = [len(p.tokens) for p in plans]
-    width = max(lengths)
+    widths = list(widths) if widths is not None else [max(lengths)] * len(plans)
+    width = compute_width(max(widths))
     tokens = torch.zeros(len(plans), width, dtype=torch.long)
     pad = torch.ones(len(plans), width, dtype=torch.bool)
     for row, plan in enumerate(plans):
@@ -122,9 +144,12 @@ def run_pass(
         logits = forward(weights, tokens, pad, hooks, needs_grad=needs_backward)
         losses, traced, seeds = [], [], []
         for row, plan in enumerate(plans):
-            loss = plan.loss(logits[row]) if plan.loss is not None else None
+            padded = widths[row]
+            loss = plan.loss(logits[row, :padded]) if plan.loss is not None else None
             losses.append(_finite_or_none(loss))
-            scalar = _trace_scalar(weights, plan, row, hooks) if plan.trace is not None else None
+            scalar = (
+                _trace_scalar(weights, plan, row, hooks, padded) if plan.trace is not None else None
+            )
             traced.append(None if scalar is None else float(scalar.detach()))
             seed = scalar if scalar is not None else loss
             if seed is not None and seed.requires_grad:
@@ -135,7 +160,7 @@ def run_pass(
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     hooks.attached.clear()
-    return PassResult(hooks, lengths, losses, traced, elapsed, memory_before, device)
+    return PassResult(hooks, lengths, losses, traced, elapsed, memory_before, device, widths)
 
 
 def _finite_or_none(loss: torch.Tensor | None) -> float | None:
@@ -145,15 +170,17 @@ def _finite_or_none(loss: torch.Tensor | None) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _trace_scalar(weights: ModelWeights, plan: ElementPlan, row: int, hooks: Hooks) -> torch.Tensor:
+def _trace_scalar(
+    weights: ModelWeights, plan: ElementPlan, row: int, hooks: Hooks, padded: int
+) -> torch.Tensor:
     node = plan.trace
-    resid = hooks.attached[node.residual_key][row]
+    resid = hooks.attached[node.residual_key][row, :padded]
     if node.trace_type != "V":
         return node_scalar(weights, node, resid)
     if node.downstream is not None:
-        down_resid = hooks.saved[node.downstream.residual_key][row]
+        down_resid = hooks.saved[node.downstream.residual_key][row, :padded]
         g_hat = residual_gradient(weights, node.downstream, down_resid)
     else:
-        xf = hooks.saved[("resid.post_mlp", weights.n_layers - 1)][row]
+        xf = hooks.saved[("resid.post_mlp", weights.n_layers - 1)][row, :padded]
         g_hat = final_residual_loss_gradient(weights, xf, plan.loss)
     return value_direct_effect(weights, node, resid, g_hat)

@@ -28,6 +28,7 @@ class ElementView:
         fake_grad_index=None,
         path: str = "inferenceRequestSpec",
         autoencoders=None,
+        width: int | None = None,
     ):
         self.path = path  # of the sub-request's inference spec, for error messages
         self.weights = weights
@@ -38,6 +39,7 @@ class ElementView:
         self.fake_grad_index = fake_grad_index
         self._cache: dict = {}
         self.autoencoders = autoencoders  # LoadedAutoencoders, or None
+        self.width = width  # the row's padded width (TDB's quirks); None: the pass's width
 
     def _cut(self, name: str, x: torch.Tensor) -> torch.Tensor:
         x = x[self.row]
@@ -106,7 +108,7 @@ class ElementView:
 
         def compute():
             name, layer = self.trace.residual_key
-            resid = self.hooks.saved[(name, layer)][self.row]
+            resid = self.hooks.saved[(name, layer)][self.row, : self.width]
             return residual_gradient(self.weights, self.trace, resid)[: self.T]
 
         return (self.cached("g_tilde", compute),) + self.trace.direction_location
