@@ -3,8 +3,9 @@ in shared passes, the clean run's means, and the numbers each point's row shows.
 
 A point's group is exactly what ``worker.engine.run`` would run for its request alone (the same
 parse, checks and TDB conversion), so a point's response is the response of the same request sent
-as a job. ``run_point_groups`` is where the groups meet the engine: each group is answered as if
-alone (TDB unions top-k across the sub-requests of one batch, never across points).
+as a job. ``run_point_groups`` is where the groups meet the engine (``worker.engine.groups``): they share
+padded passes, and each is answered as if alone (TDB unions top-k across the sub-requests of one
+batch, never across points).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from models.checks import validate_request
 from models.wire import protocol as p
 from models.wire.tdb import convert_tdb_request
+from worker.engine.groups import settle_groups
 from worker.engine.pipeline import run_batch
 from worker.engine.planning import Paths
 
@@ -41,13 +43,11 @@ def group_of(endpoint: str, request: dict, model) -> tuple[list, list[Paths]]:
     return subs, paths
 
 
-def run_point_groups(groups: list[tuple[list, list[Paths]]], model) -> list[dict]:
-    """Each group's response, as ``run_batch`` answers it alone.
-
-    Until the engine's shared-pass function (``worker.engine.groups.run_groups``) is there, each
-    group runs in a pass of its own; switching is this one line."""
+def run_point_groups(groups: list[tuple[list, list[Paths]]], model) -> list:
+    """Each group's response, as ``run_batch`` answers it alone, or the ActqError that refused
+    it: the groups share padded passes (``worker.engine.groups``), packed to its memory budget."""
     with torch.inference_mode(False):
-        return [run_batch(subs, model, paths) for subs, paths in groups]
+        return settle_groups([subs for subs, _ in groups], model, [paths for _, paths in groups])
 
 
 def neuron_means(base_endpoint: str, base_request: dict, neurons: list[tuple[int, int]], model):

@@ -134,14 +134,16 @@ def _run_pass(sessions, sweep_id, chunk, index_of, loaded, worker, lease_seconds
         except Exception as error:  # a request the model cannot serve fails its own job only
             outcomes[job_id] = error_record(error)
     try:
-        responses = run_point_groups([g for _, g in groups], loaded)
-        outcomes.update({job_id: r for (job_id, _), r in zip(groups, responses, strict=True)})
-    except Exception:
-        for job_id, group in groups:  # one bad point must not fail the others: alone, each
+        answers = run_point_groups([g for _, g in groups], loaded)
+    except Exception:  # not a refusal (those come back in place): each alone, to tell them apart
+        answers = []
+        for _, group in groups:
             try:
-                outcomes[job_id] = run_point_groups([group], loaded)[0]
+                answers.extend(run_point_groups([group], loaded))
             except Exception as error:
-                outcomes[job_id] = error_record(error)
+                answers.append(error)
+    for (job_id, _), answer in zip(groups, answers, strict=True):
+        outcomes[job_id] = error_record(answer) if isinstance(answer, Exception) else answer
     seconds = (time.perf_counter() - start) / len(claimed)
     with sessions.begin() as session:
         for job_id, attempt, endpoint, _ in claimed:
