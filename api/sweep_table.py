@@ -12,7 +12,7 @@ import csv
 import io
 from typing import Any
 
-from models.store.sweeps import point_statuses, points_of, progress
+from models.store.sweeps import job_losses, point_statuses, points_of, progress
 from models.store.tables import Sweep
 
 CSV_COLUMNS = (
@@ -44,11 +44,21 @@ def compare_url(sweep: Sweep, run: str | None) -> str | None:
     return f"/compare?a={base}&b={run}" if base and run else None
 
 
+def _baseline_loss(session, sweep: Sweep) -> float | None:
+    if sweep.baseline_job_id is None:
+        return None
+    return job_losses(session, [sweep.baseline_job_id]).get(sweep.baseline_job_id)
+
+
 def rows(session, sweep: Sweep) -> list[dict[str, Any]]:
     statuses = point_statuses(session, sweep.id)
+    points = points_of(session, sweep.id)
+    losses = job_losses(session, [p.job_id for p in points if p.job_id])
+    base_loss = _baseline_loss(session, sweep)
     out = []
-    for p in points_of(session, sweep.id):
+    for p in points:
         run = f"{p.job_id}/0" if p.job_id else None
+        loss = losses.get(p.job_id, p.loss)
         out.append(
             {
                 "index": p.index,
@@ -59,8 +69,8 @@ def rows(session, sweep: Sweep) -> list[dict[str, Any]]:
                 "value": p.value,
                 "run": run,
                 "status": statuses.get(p.index),
-                "loss": p.loss,
-                "lossChange": _change(p.loss, sweep.baseline_loss),
+                "loss": loss,
+                "lossChange": _change(loss, base_loss),
                 "nodeValue": p.node_value,
                 "nodeChange": _change(p.node_value, sweep.baseline_node_value),
                 "compareUrl": compare_url(sweep, run),
@@ -83,7 +93,7 @@ def sweep_view(session, sweep: Sweep, with_points: bool = True) -> dict[str, Any
         "progress": progress(session, sweep),
         "baseline": {
             "run": baseline_run(sweep),
-            "loss": sweep.baseline_loss,
+            "loss": _baseline_loss(session, sweep),
             "nodeValue": sweep.baseline_node_value,
         },
         "attempts": sweep.attempts,

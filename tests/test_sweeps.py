@@ -218,3 +218,53 @@ def test_csv_export_has_a_row_per_point(app, client, engine_model):
             [p["lossChange"] for p in view["points"]]
         )
     assert client.get("/v1/sweeps/nope").status_code == 404
+
+
+def test_a_sweep_whose_worker_died_resumes_without_running_points_twice(app, client, engine_model):
+    import worker.sweep_passes as passes
+    from worker.sweeps import execute_sweep
+
+    sweep = _submit(client, {"base": BASE, "grid": {"heads": [0, 1]}})
+    sessions = app.extensions["actq.sessionmaker"]
+    real, ran = passes.run_point_groups, []
+
+    def dies_on_the_third_pass(groups, model):
+        if len(ran) == 2:
+            raise SystemExit("worker killed")  # not an Exception: nothing is stored, as in a kill
+        ran.append(len(groups))
+        return real(groups, model)
+
+    passes.run_point_groups = dies_on_the_third_pass
+    try:
+        with pytest.raises(SystemExit):
+            _run(app, engine_model, sweep["id"], budget=1)
+    finally:
+        passes.run_point_groups = real
+    view = client.get(f"/v1/sweeps/{sweep['id']}").get_json()
+    assert view["status"] == "started" and view["progress"]["finished"] == 1  # baseline + 1
+    assert ran == [1, 1]
+
+    counted = []
+
+    def counting(groups, model):
+        counted.append(len(groups))
+        return real(groups, model)
+
+    passes.run_point_groups = counting
+    try:  # the broker delivers the message again; the lease (0 s here) has run out
+        status = execute_sweep(
+            sessions,
+            sweep["id"],
+            model=lambda: engine_model,
+            worker="second",
+            lease_seconds=0,
+            max_attempts=3,
+            memory_budget=1,
+        )
+    finally:
+        passes.run_point_groups = real
+    assert status == "finished"
+    assert sum(counted) == 7  # the 8 points less the one finished; the baseline not again
+    view = client.get(f"/v1/sweeps/{sweep['id']}").get_json()
+    assert view["progress"]["finished"] == 8 and view["attempts"] == 2
+    assert all(p["lossChange"] is not None for p in view["points"])

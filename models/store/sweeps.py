@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from models.store.jobs import create_job, new_job_id
 from models.store.lifecycle import FINAL_STATUSES, JobStatus
 from models.store.recovery import request_cancel
-from models.store.tables import Job, Sweep, SweepPoint, utcnow
+from models.store.tables import Job, Run, Sweep, SweepPoint, utcnow
 
 SWEEP_TASK = "actq.run_sweep"  # the Celery task of a sweep (``worker.sweeps``)
 FINAL = frozenset(s.value for s in FINAL_STATUSES)
@@ -183,6 +183,13 @@ def record_point(session: Session, sweep_id: str, index: int, loss, node_value) 
         .values(loss=loss, node_value=node_value)
         .execution_options(synchronize_session=False)
     )
+
+
+def job_losses(session: Session, job_ids: list[str]) -> dict[str, float | None]:
+    """The loss of each job's run 0, as ``finish_job`` stored it (whoever ran the job: a point
+    requeued after its worker died may be finished by a single job's task)."""
+    query = select(Run.job_id, Run.loss).where(Run.job_id.in_(job_ids), Run.index == 0)
+    return dict(session.execute(query).all())
 
 
 def point_statuses(session: Session, sweep_id: str) -> dict[int, str]:
