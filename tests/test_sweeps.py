@@ -268,3 +268,43 @@ def test_a_sweep_whose_worker_died_resumes_without_running_points_twice(app, cli
     view = client.get(f"/v1/sweeps/{sweep['id']}").get_json()
     assert view["progress"]["finished"] == 8 and view["attempts"] == 2
     assert all(p["lossChange"] is not None for p in view["points"])
+
+
+def test_a_sweep_of_autoencoder_latents(tmp_path, golden_model_dir):
+    import migrations
+    from api.app import create_app
+    from tests.shared_dir import GOLDEN
+    from worker.engine import load_model, run
+
+    mlp = str(GOLDEN / "autoencoders" / "ae-mlp-post-act-tiny")
+    url = f"sqlite:///{tmp_path / 'ae.db'}"
+    migrations.upgrade(url)
+    app = create_app(
+        {
+            "TESTING": True,
+            "data_dir": tmp_path,
+            "database_url": url,
+            "broker_url": f"filesystem://{tmp_path / 'broker'}",
+            "model": str(golden_model_dir),
+            "mlp_autoencoder": mlp,
+        }
+    )
+    client = app.test_client()
+    latents = [{"nodeType": "mlp_autoencoder_latent", "layer": 0, "index": 3}]
+    too_far = [{"nodeType": "mlp_autoencoder_latent", "layer": 0, "index": 10**6}]
+    refused = _submit(client, {"base": BASE, "grid": {"latents": too_far}}, 422)
+    assert refused["error"]["path"] == "grid" and "latent" in refused["error"]["message"]
+    sweep = _submit(client, {"base": BASE, "grid": {"latents": latents, "values": [0, 2.5]}})
+    model = load_model(str(golden_model_dir), "cpu", mlp_autoencoder=mlp)
+    assert _run(app, model, sweep["id"]) == "finished"
+    view = client.get(f"/v1/sweeps/{sweep['id']}").get_json()
+    assert [p["value"] for p in view["points"]] == [0.0, 2.5]
+    with app.extensions["actq.sessionmaker"]() as session:
+        for point in view["points"]:
+            request = session.get(Job, point["run"].split("/")[0]).request
+            node = request["subRequests"][0]["nodeAblations"][-1]["nodeIndex"]
+            assert node["nodeType"] == "mlp_autoencoder_latent" and node["tensorIndices"] == [14, 3]
+            stored = client.get(f"/v1/jobs/{point['run'].split('/')[0]}/result").get_json()
+            alone = run("batched_tdb", request, model)
+            assert_same_response(strip_timing(stored), strip_timing(alone))
+    assert view["points"][0]["loss"] != view["points"][1]["loss"]
