@@ -67,9 +67,15 @@ def _prepare(raw: bytes | bytearray, served):
     base = type(base)(base.endpoint, wire, base.path)
     n_tokens = len(served.tokenizer.encode(base.prompt))
     points = grid_points(asked.grid, served.meta, n_tokens, settings.max_sweep_points)
-    samples = {(p.node_type, p.layer, p.index): p for p in points}  # one per distinct node
+    # One point per distinct node (the first 64), and the highest index of each kind and layer:
+    # a latent's range is the served AE's, which only the request's own checks know.
+    distinct = list({(p.node_type, p.layer, p.index): p for p in points}.values())
+    highest = {}
+    for p in points:
+        if p.index >= highest.get((p.node_type, p.layer), p).index:
+            highest[(p.node_type, p.layer)] = p
     point_parsed = None
-    for sample in list(samples.values())[:64] + [points[-1]]:
+    for sample in [*distinct[:64], *highest.values(), points[-1]]:
         try:
             point_parsed = _checked(
                 base.endpoint, point_request(base, sample, sample.value or 0.0), served, settings
