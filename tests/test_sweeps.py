@@ -308,3 +308,54 @@ def test_a_sweep_of_autoencoder_latents(tmp_path, golden_model_dir):
             alone = run("batched_tdb", request, model)
             assert_same_response(strip_timing(stored), strip_timing(alone))
     assert view["points"][0]["loss"] != view["points"][1]["loss"]
+
+
+def test_a_point_another_worker_holds_is_waited_for_not_run_twice(app, client, engine_model):
+    import threading
+    import time
+
+    import worker.sweep_passes as passes
+    from models.store.jobs import claim_job, finish_job
+    from models.store.runs import run_losses
+    from models.store.sweeps import points_of
+    from models.wire.encoding import dumps
+    from worker.engine import run
+
+    sweep = _submit(client, {"base": BASE, "grid": {"heads": [2]}})
+    sessions = app.extensions["actq.sessionmaker"]
+    real, ran, other = passes.run_point_groups, [], []
+
+    def other_worker(job_id: str, attempt: int) -> None:  # finishes once the sweep did the rest
+        deadline = time.monotonic() + 120
+        while len(ran) < 4 and time.monotonic() < deadline:  # baseline + 3 points
+            time.sleep(0.05)
+        with sessions() as session:
+            request = session.get(Job, job_id).request
+        response = run("batched_tdb", request, engine_model)
+        with sessions.begin() as session:
+            finish_job(
+                session, job_id, attempt, dumps(response), run_losses("batched_tdb", response), 0.1
+            )
+
+    def steal_a_point_on_the_first_pass(groups, model):
+        if not other:
+            with sessions.begin() as session:
+                job_id = points_of(session, sweep["id"])[1].job_id
+                other.append(job_id)
+                attempt = claim_job(session, job_id, "other-worker", 60)
+            threading.Thread(target=other_worker, args=(job_id, attempt), daemon=True).start()
+        ran.extend(groups)
+        return real(groups, model)
+
+    passes.run_point_groups = steal_a_point_on_the_first_pass
+    try:
+        assert _run(app, engine_model, sweep["id"], budget=1) == "finished"
+    finally:
+        passes.run_point_groups = real
+    assert len(ran) == 4  # the baseline and three points; the fourth was the other worker's
+    view = client.get(f"/v1/sweeps/{sweep['id']}").get_json()
+    assert view["progress"]["finished"] == 4
+    stolen = view["points"][1]
+    with sessions() as session:
+        assert session.get(Job, other[0]).worker == "other-worker"
+    assert stolen["loss"] is not None and stolen["lossChange"] is not None

@@ -9,6 +9,9 @@
   budget (``ACTQ_MAX_JOB_MEMORY_BYTES`` over one point's estimated peak), each claimed with the
   job's own conditional claim (so a job another worker holds is left to it) and stored with the
   job's own conditional finish: each point is a job like any other, finished once.
+* **Others' points**: a point another worker holds (requeued by the reaper and sent alone, or
+  taken by a co-batching worker) is waited for, not run twice; its row's numbers are read from
+  its stored response at the end.
 * **Cancel**: before each pass the sweep looks whether a cancel was asked; its remaining points
   are canceled (the API already canceled those queued) and the sweep ends ``canceled``.
 * **Late ack**: the message is acknowledged after the sweep's outcome is stored.
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -36,6 +40,7 @@ from worker.execution import error_record
 log = logging.getLogger(__name__)
 
 MAX_PASS = 64  # points in one pass, whatever the budget
+WAIT_SECONDS = 0.5  # between looks at points another worker holds
 
 
 def execute_sweep(
@@ -89,8 +94,7 @@ def _run(sessions, sweep_id, attempt, loaded, worker, lease_seconds, budget) -> 
         index_of = {job_id: i for i, job_id in enumerate(order)}  # 0: the baseline
         per_pass = max(1, min(MAX_PASS, budget // max(1, sweep.point_memory_bytes)))
     log.info("Sweep %s: %d jobs, up to %d per pass", sweep_id, len(order), per_pass)
-    pending = _pending(sessions, order)
-    while pending:
+    while pending := _pending(sessions, order):
         with sessions.begin() as session:
             if store.cancel_asked(session, sweep_id):
                 for job_id in pending:
@@ -101,11 +105,30 @@ def _run(sessions, sweep_id, attempt, loaded, worker, lease_seconds, budget) -> 
             if not store.beat(session, sweep_id, attempt):
                 log.warning("Sweep %s: attempt %d lost its claim; stopping", sweep_id, attempt)
                 return None
-        chunk, pending = pending[:per_pass], pending[per_pass:]
-        _run_pass(sessions, sweep_id, chunk, index_of, loaded, worker, lease_seconds)
+        ran = _run_pass(
+            sessions, sweep_id, pending, per_pass, index_of, loaded, worker, lease_seconds
+        )
+        if not ran:  # the rest is held by other workers (a requeued point, a co-batch): wait
+            time.sleep(WAIT_SECONDS)
     with sessions.begin() as session:
-        ended = store.end_sweep(session, sweep_id, attempt, "finished")
-    return "finished" if ended else None
+        _collect(session, sweep_id)
+        status = "canceled" if store.cancel_asked(session, sweep_id) else "finished"
+        ended = store.end_sweep(session, sweep_id, attempt, status)
+    return status if ended else None
+
+
+def _collect(session, sweep_id: str) -> None:
+    """The node values of points another worker finished (their jobs were taken elsewhere)."""
+    from worker.sweep_passes import node_table, node_value
+
+    sweep = session.get(Sweep, sweep_id)
+    for point in store.points_of(session, sweep_id):
+        job = session.get(Job, point.job_id) if point.loss is None and point.job_id else None
+        if job is None or job.status != "finished":
+            continue
+        response = json.loads(job_store.response_bytes(job))
+        value = node_value(node_table(response), sweep.node, sweep.node_group)
+        store.record_point(session, sweep_id, point.index, job.runs[0].loss, value)
 
 
 def _pending(sessions, order: list[str]) -> list[str]:
@@ -114,18 +137,22 @@ def _pending(sessions, order: list[str]) -> list[str]:
     return [job_id for job_id in order if statuses.get(job_id) not in store.FINAL]
 
 
-def _run_pass(sessions, sweep_id, chunk, index_of, loaded, worker, lease_seconds) -> None:
+def _run_pass(sessions, sweep_id, pending, limit, index_of, loaded, worker, lease) -> int:
+    """Claim up to ``limit`` of ``pending`` in order (a job another worker holds is left to it),
+    run them in shared passes, store each; how many it ran."""
     from worker.sweep_passes import group_of, run_point_groups
 
     claimed: list[tuple[str, int, str, dict]] = []
     with sessions.begin() as session:
-        for job_id in chunk:
-            attempt = job_store.claim_job(session, job_id, worker, lease_seconds)
+        for job_id in pending:
+            if len(claimed) == limit:
+                break
+            attempt = job_store.claim_job(session, job_id, worker, lease)
             if attempt is not None:
                 job = session.get(Job, job_id)
                 claimed.append((job_id, attempt, job.endpoint, job.request))
     if not claimed:
-        return
+        return 0
     start = time.perf_counter()
     groups, outcomes = [], {}
     for job_id, _, endpoint, request in claimed:
@@ -157,6 +184,7 @@ def _run_pass(sessions, sweep_id, chunk, index_of, loaded, worker, lease_seconds
                 seconds,
                 index_of[job_id],
             )
+    return len(claimed)
 
 
 def _store(session, sweep_id, job_id, attempt, endpoint, outcome, seconds, index) -> None:
