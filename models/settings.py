@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     mlp_autoencoder: str | None = None
     attention_autoencoder: str | None = None
     torch_threads: int = Field(default=0, ge=0)  # a worker's intra-op threads; 0: every core
+    batch_jobs: int = Field(default=8, ge=1)  # waiting jobs a worker runs in shared passes; 1: off
     data_dir: Path | None = None
     api_url: str = DEFAULT_API_URL  # where the CLI finds a running service
     api_key: str | None = None  # the key the CLI and api.client send (Authorization: Bearer)

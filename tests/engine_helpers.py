@@ -319,9 +319,11 @@ def hooked_forward(
     points: list[tuple[str, int | None]] | None = None,
     forward_hooks: dict | None = None,
 ):
-    """Run the engine's forward pass on one sequence; returns (logits [T, V], Hooks)."""
+    """Run the engine's forward pass on one sequence at the width a request's pass runs it
+    (``compute_width``: the same bits as the engine); returns (logits [T, V], Hooks) cut to T."""
     from worker.engine.families.gpt2 import forward
-    from worker.engine.hooks import HOOK_POINTS, Hooks
+    from worker.engine.hooks import HOOK_POINTS, SEQUENCE_AXES, Hooks
+    from worker.engine.inference import compute_width
 
     n = model.weights.n_layers
     if points is None:
@@ -334,12 +336,19 @@ def hooked_forward(
     for key, fns in (forward_hooks or {}).items():
         for fn in fns:
             hooks.add_forward(key, fn)
-    tok = torch.tensor([tokens], dtype=torch.long)
+    t = len(tokens)
+    width = compute_width(t)
+    tok = torch.zeros(1, width, dtype=torch.long)
+    tok[0, :t] = torch.tensor(tokens, dtype=torch.long)
+    pad = torch.ones(1, width, dtype=torch.bool)
+    pad[0, :t] = False
     with torch.no_grad():
-        logits = forward(
-            model.weights, tok, torch.zeros_like(tok, dtype=torch.bool), hooks, needs_grad=False
-        )
-    return logits[0], hooks
+        logits = forward(model.weights, tok, pad, hooks, needs_grad=False)
+    for (name, layer), value in hooks.saved.items():
+        for axis in SEQUENCE_AXES[name]:
+            value = value.narrow(axis + 1, 0, min(t, value.shape[axis + 1]))
+        hooks.saved[(name, layer)] = value
+    return logits[0, :t], hooks
 
 
 def saved(hooks, name: str, layer: int | None) -> torch.Tensor:

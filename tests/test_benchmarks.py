@@ -30,6 +30,7 @@ def test_every_benchmark_is_covered():
     # a new one gets its run below
     assert BENCHMARKS == [
         "autoencoders.py",
+        "cobatch.py",
         "cost.py",
         "engine.py",
         "records.py",
@@ -64,6 +65,14 @@ def test_the_sweeps_benchmark_runs_quick():
     assert re.search(r"^tiny-gpt2\s+8\s+8\s+[\d.]+\s+[\d.]+\s+[\d.]+x", done.stdout, re.M), (
         done.stdout
     )
+
+
+def test_the_cobatch_benchmark_runs_quick(pg_server_url, redis_url):
+    broker = re.sub(r"/\d+$", "", redis_url) + f"/{BENCH_REDIS_DB}"
+    env = _env(ACTQ_TEST_DATABASE_URL=pg_server_url, ACTQ_TEST_BROKER_URL=broker)
+    done = _run("cobatch.py", env)
+    assert "byte-identical: True" in done.stdout, done.stdout
+    assert re.search(r"service +one by one +[\d.]+ s", done.stdout), done.stdout
 
 
 def test_the_service_benchmark_runs_quick(pg_server_url, redis_url):

@@ -237,13 +237,30 @@ def execute_job(
     bounds the run; ``lease_seconds`` and ``heartbeat_seconds`` override two of them.
     """
     worker = worker or worker_name()
-    overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
-    limits = replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
+    limits = effective_limits(limits, lease_seconds, heartbeat_seconds)
     job = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts)
     if job is None:
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
     log.info("Job %s: claimed by %s (attempt %d)", job_id, worker, job.attempt)
+    return run_claimed(sessions, job_id, job, model=model, runner=runner, limits=limits)
+
+
+def effective_limits(limits, lease_seconds=None, heartbeat_seconds=None) -> JobLimits:
+    overrides = {"lease_seconds": lease_seconds, "heartbeat_seconds": heartbeat_seconds}
+    return replace(limits or JobLimits(), **{k: v for k, v in overrides.items() if v})
+
+
+def run_claimed(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    job: Claimed,
+    *,
+    model: Callable[[], Any],
+    runner: Runner | None = None,
+    limits: JobLimits,
+) -> str:
+    """Run a job this worker holds (``job``, its claim) to its final status."""
     with heartbeat(sessions, job_id, job.attempt, limits.heartbeat_seconds):
         stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
         if stopped:

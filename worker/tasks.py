@@ -25,6 +25,8 @@ What happens to a job, and why it is safe:
   error with ``failed``, in one transaction, and only if this worker still holds the attempt (so a
   job is stored exactly once even when two workers ran it). Connection errors while storing are
   retried for up to the lease, so a database restart loses no finished result.
+* **Co-batching** (``ACTQ_BATCH_JOBS``, ``worker.cobatch``): the job may take waiting jobs of
+  its model along, each claimed as above, run with shared passes and stored as alone.
 * **Retries**: only database connection errors make the task retry. An error the engine raises
   for the request (an ``ActqError``) fails the job at once; an unexpected exception fails it with
   ``internal_error`` and the traceback stored on the job.
@@ -45,7 +47,8 @@ from models.settings import Settings
 from models.store import recovery
 from models.store.db import make_engine, make_sessionmaker
 from models.store.lifecycle import JOB_DONE_CHANNEL, TASK_NAME, JobStatus
-from worker.execution import DB_CONNECTION_ERRORS, execute_job, with_db_retry
+from worker.cobatch import execute_jobs
+from worker.execution import DB_CONNECTION_ERRORS, with_db_retry
 from worker.limits import JobLimits
 
 log = logging.getLogger(__name__)
@@ -137,10 +140,12 @@ def run_job(task, job_id: str) -> str | None:
     """The body of ``actq.run_job``: retries only when the database connection fails."""
     settings = _state.settings
     try:
-        status = execute_job(
+        status = execute_jobs(
             _state.sessions(),
             job_id,
             model=_state.model,
+            batch_jobs=settings.batch_jobs,
+            announce=_state.announce_done,
             worker=f"{task.request.hostname or socket.gethostname()}:{os.getpid()}",
             limits=JobLimits.from_settings(settings),
         )

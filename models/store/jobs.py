@@ -179,6 +179,20 @@ def claim_job(
     return session.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one()
 
 
+def waiting_jobs(
+    session: Session, model: str, limit: int, exclude: tuple[str, ...] = ()
+) -> list[str]:
+    """Ids of queued jobs for ``model``, oldest first: what a worker may claim to run together
+    with the job it was sent (``worker.cobatch``). Claiming them is still ``claim_job``'s."""
+    query = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.model == model, Job.id.not_in(exclude))
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())
+
+
 def _held(job_id: str, attempt: int):
     return (Job.id == job_id, Job.status == JobStatus.STARTED.value, Job.attempts == attempt)
 

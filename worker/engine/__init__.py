@@ -14,35 +14,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.checks import validate_request
 from models.model_meta import ModelMeta, resolve_model
 from models.tokenizer import Gpt2Tokenizer, load_tokenizer
-from models.wire import protocol as p
-from models.wire.protocol import tdb_camel
-from models.wire.tdb import convert_tdb_request
 
 from .autoencoders import LoadedAutoencoders, load_autoencoders
 from .families import build_model_weights
 from .families.base import ModelWeights
 from .loading import load_config, load_raw_state_dict
 from .pipeline import run_batch
-from .planning import Paths
+from .routes import ENDPOINTS, SINGLE_ROUTES, prepare, run_many
 
-__all__ = ["LoadedModel", "load_model", "run", "ENDPOINTS"]
-
-# Single-spec routes: request field of the spec -> (internal spec name, response data field).
-SINGLE_ROUTES = {
-    "derived_scalars": ("derived_scalars_request_spec", "derivedScalarsResponseData"),
-    "derived_attention_scalars": (
-        "derived_attention_scalars_request_spec",
-        "derivedAttentionScalarsResponseData",
-    ),
-    "multiple_top_k_derived_scalars": (
-        "multiple_top_k_derived_scalars_request_spec",
-        "multipleTopKDerivedScalarsResponseData",
-    ),
-}
-ENDPOINTS = ("model_info", *SINGLE_ROUTES, "batched", "batched_tdb")
+__all__ = ["LoadedModel", "load_model", "run", "run_many", "ENDPOINTS", "SINGLE_ROUTES"]
 
 
 @dataclass
@@ -99,29 +81,6 @@ def run(endpoint: str, request: dict | None, model: LoadedModel) -> dict:
     """Answer one TDB request with `model`, exactly as TDB's activation server would."""
     if endpoint == "model_info":
         return model_info(model)
-    parsed = p.parse_request(endpoint, request)
-    validate_request(endpoint, parsed, model.meta, model.tokenizer, model.autoencoders.info())
+    route = prepare(endpoint, request, model)
     with torch.inference_mode(False):
-        if endpoint == "batched":
-            return run_batch(list(parsed.inference_sub_requests), model)
-        if endpoint == "batched_tdb":
-            subs = [convert_tdb_request(spec) for spec in parsed.sub_requests]
-            paths = [
-                Paths(
-                    f"subRequests.{i}",
-                    dict.fromkeys(sub.processing_request_spec_by_name, f"subRequests.{i}"),
-                )
-                for i, sub in enumerate(subs)
-            ]
-            return run_batch(subs, model, paths)
-        spec_field, data_field = SINGLE_ROUTES[endpoint]
-        sub = p.InferenceSubRequest(
-            inference_request_spec=parsed.inference_request_spec,
-            processing_request_spec_by_name={spec_field: getattr(parsed, spec_field)},
-        )
-        paths = Paths("inferenceRequestSpec", {spec_field: tdb_camel(spec_field)})
-        answer = run_batch([sub], model, [paths])["inferenceSubResponses"][0]
-        return {
-            "inferenceAndTokenData": answer["inferenceResponse"]["inferenceAndTokenData"],
-            data_field: answer["processingResponseDataByName"][spec_field],
-        }
+        return route.answer(run_batch(route.subs, model, route.paths))

@@ -172,19 +172,20 @@ def answer_pack(pack: list[_Group], model) -> list[dict | ActqError]:
         model.autoencoders.all(),
         widths=widths,
     )
-    scorer = TokenScorer(model.weights, model.excluded_ids, model.tokenizer.decode_token)
     answers: list = []
     first = 0
     for group in pack:
         try:
-            answers.append(_answer_group(group, first, result, model, scorer))
+            answers.append(_answer_group(group, first, result, model))
         except ActqError as error:
             answers.append(error)
         first += len(group.plans)
     return answers
 
 
-def _answer_group(group: _Group, first: int, result, model, scorer) -> dict:
+def _answer_group(group: _Group, first: int, result, model) -> dict:
+    # a scorer of its own: shared, it would score other groups' directions in the same product
+    scorer = TokenScorer(model.weights, model.excluded_ids, model.tokenizer.decode_token)
     hooks = _group_hooks(result.hooks, group)
     views = [
         ElementView(
