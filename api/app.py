@@ -34,9 +34,10 @@ ROUTE_MODULES: list[str] = [
     "api.tdb_read",
     "api.records",
     "api.record_pages",
+    "api.sweeps",
 ]
 # Route modules that another part of the project may add later; registered when present.
-OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages"]
+OPTIONAL_ROUTE_MODULES: list[str] = ["api.runs", "api.pages", "api.sweep_pages"]
 
 
 def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_tag_chars: int = Field(default=100, gt=0)
     max_label_chars: int = Field(default=200, gt=0)
     max_corpus_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # a records job's corpus
+    # A sweep (models.checks.sweeps): its points, and all its responses together.
+    max_sweep_points: int = Field(default=4096, gt=0)
+    max_sweep_response_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
 
     # API keys and rate limits (api.auth, api.ratelimit).
     rate_per_minute: float = Field(default=1200.0, ge=0)  # per API key; 0: no limit

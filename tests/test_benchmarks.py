@@ -36,6 +36,7 @@ def test_every_benchmark_is_covered():
         "engine.py",
         "records.py",
         "service.py",
+        "sweeps.py",
     ]
 
 
@@ -64,6 +65,13 @@ def test_the_engine_benchmark_runs_quick():
     done = _run("engine.py", _env())
     assert re.search(r"^batched_tdb\s+8\s", done.stdout, flags=re.MULTILINE), done.stdout
     assert re.search(r"^multiple_top_k_derived_scalars\s+8\s", done.stdout, flags=re.MULTILINE)
+
+
+def test_the_sweeps_benchmark_runs_quick():
+    done = _run("sweeps.py", _env())
+    assert re.search(r"^tiny-gpt2\s+8\s+8\s+[\d.]+\s+[\d.]+\s+[\d.]+x", done.stdout, re.M), (
+        done.stdout
+    )
 
 
 def test_the_cobatch_benchmark_runs_quick(pg_server_url, redis_url):

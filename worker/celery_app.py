@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def create_celery(settings: Settings, model_name: str) -> Celery:
     """A Celery app for a worker that serves ``model_name`` (tasks registered, queue routed)."""
-    from worker import records, tasks
+    from worker import records, sweeps, tasks
 
     ensure_broker_folders(settings.broker())
     app = Celery("actq-worker", set_as_current=True)
@@ -46,6 +46,7 @@ def create_celery(settings: Settings, model_name: str) -> Celery:
     tasks.configure(settings)
     tasks.register(app)
     records.register(app)
+    sweeps.register(app)
     if settings.worker_alive_file:
         _touch_when_ready(Path(settings.worker_alive_file))
     _reap_when_ready(app, settings)

@@ -16,11 +16,11 @@ import argparse
 import logging
 import sys
 
-from api.cli import compare, engine, keys, processes, records, service
+from api.cli import compare, engine, keys, processes, records, service, sweep
 from api.cli.common import EXIT_REQUEST_ERROR
 from models.errors import ActqError
 
-COMMAND_MODULES = (engine, processes, service, compare, keys, records)
+COMMAND_MODULES = (engine, processes, service, compare, keys, records, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -346,3 +346,61 @@ class NodeExplanation(Base):
     score: Mapped[float | None] = mapped_column(Float)
     author: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    """A sweep (``models.store.sweeps``): one base request run under a grid of ablations.
+
+    Its lifecycle is a job's (queued, started with attempts and heartbeat, then finished, failed
+    or canceled); its baseline and each point are ordinary jobs (made by the worker, tagged
+    ``sweep:ID``), so they are runs of the history like any other."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    model_revision: Mapped[str | None] = mapped_column(String(100))
+    autoencoders: Mapped[dict[str, Any] | None]
+    endpoint: Mapped[str] = mapped_column(String(64))  # of its runs: batched_tdb or batched
+    base_request: Mapped[dict[str, Any]]
+    grid: Mapped[dict[str, Any]]
+    node: Mapped[dict[str, Any] | None]  # the node whose change is shown (None: the clean top)
+    node_group: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    n_points: Mapped[int] = mapped_column(Integer)
+    point_memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    baseline_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    baseline_loss: Mapped[float | None] = mapped_column(Float)
+    baseline_node_value: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    cancel_requested_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class SweepPoint(Base):
+    """One grid point of a sweep: the ablated node, token and value, its run, and its outcome."""
+
+    __tablename__ = "sweep_points"
+
+    sweep_id: Mapped[str] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_type: Mapped[str] = mapped_column(String(64))
+    layer: Mapped[int] = mapped_column(Integer)
+    node_index: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)  # None until a "mean" is computed
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    loss: Mapped[float | None] = mapped_column(Float)
+    node_value: Mapped[float | None] = mapped_column(Float)
