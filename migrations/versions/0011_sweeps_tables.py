@@ -1,7 +1,7 @@
 """sweeps: sweeps (one base request under a grid of ablations) and sweep_points
 
-Revision ID: 0010_sweeps
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02
 
 A sweep (``POST /v1/sweeps``) is a ``sweeps`` row with a job's lifecycle; each grid point is a
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0010_sweeps"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
