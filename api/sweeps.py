@@ -5,7 +5,9 @@ A submission is checked as completely as a job is before anything is stored: the
 the base as the request it becomes (``batched_tdb`` or ``batched``, through the job's own checks,
 with paths in the sweep's body), the grid against the model (``models.checks.sweeps``), one
 point's request, and the cost (each point under the per-job limits, all under the sweep's). Then
-the sweep and its points are committed ``queued`` and its one message goes to the model's queue.
+the sweep and its points are committed ``queued`` and its one message goes to the model's queue
+(the outbox: marked published once the broker took it; if the broker is down the sweep is still
+accepted, 202, and a worker's reaper publishes it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from models.checks.sweeps import (
 )
 from models.errors import ActqError, NotFoundError
 from models.store.lifecycle import queue_name
+from models.store.side_recovery import mark_published
 from models.store.sweeps import SWEEP_TASK, create_sweep, request_sweep_cancel
 from models.store.tables import Sweep
 from models.wire.protocol import parse_as, parse_request, to_wire
@@ -111,13 +114,31 @@ def submit_sweep():
         owner=current_owner(),
     )
     session.commit()
-    producer = current_app.extensions["actq.celery"]
-    producer.send_task(SWEEP_TASK, args=[sweep.id], queue=queue_name(served.meta.name))
-    log.info("Sweep %s: %d points, published", sweep.id, len(points))
+    _publish(session, sweep.id, served.meta.name)
     response = jsonify(sweep_view(session, sweep, with_points=False))
     response.status_code = 202
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
     return response
+
+
+def _publish(session, sweep_id: str, model: str) -> None:
+    """Send the committed sweep's message and mark it published (the outbox); on a broker error
+    it stays unpublished and a worker's reaper publishes it."""
+    producer = current_app.extensions["actq.celery"]
+    try:
+        producer.send_task(SWEEP_TASK, args=[sweep_id], queue=queue_name(model))
+    except Exception as error:
+        log.warning(
+            "Sweep %s: broker unavailable (%s); the reaper will publish it", sweep_id, error
+        )
+        return
+    try:
+        mark_published(session, Sweep, sweep_id)
+        session.commit()
+    except Exception as error:  # a duplicate message later is harmless
+        session.rollback()
+        log.warning("Sweep %s: published but not marked (%s)", sweep_id, error)
+    log.info("Sweep %s: published", sweep_id)
 
 
 def visible_sweep(sweep_id: str) -> Sweep:

@@ -58,6 +58,7 @@ def _reap_when_ready(app: Celery, settings: Settings) -> None:
     """Once the worker consumes, run the reaper in a thread of this (main) process."""
     from models.store.lifecycle import TASK_NAME
     from models.store.node_records import RECORDS_TASK
+    from models.store.sweeps import SWEEP_TASK
     from worker import reaper, tasks
 
     def publish(job_id: str, model: str) -> None:
@@ -66,10 +67,15 @@ def _reap_when_ready(app: Celery, settings: Settings) -> None:
     def publish_records(set_id: str, model: str) -> None:
         app.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
 
+    def publish_sweeps(sweep_id: str, model: str) -> None:
+        app.send_task(SWEEP_TASK, args=[sweep_id], queue=queue_name(model))
+
     def on_ready(**_kwargs) -> None:
         marker = reaper.broker_marker(settings)
         sessions = tasks.process_sessions()
-        reaper.start_thread(reaper.Reaper(settings, sessions, publish, marker, publish_records))
+        reaper.start_thread(
+            reaper.Reaper(settings, sessions, publish, marker, publish_records, publish_sweeps)
+        )
         log.info(
             "Reaper: sweeping every %ss (lease %ss)", settings.reap_seconds, settings.lease_seconds
         )

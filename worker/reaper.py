@@ -11,7 +11,8 @@ runs one sweep (or ``--loop`` forever). A sweep
    ``canceled`` if a cancel was asked for;
 3. publishes every queued job that has no message (the outbox): requeued jobs, jobs accepted
    while the broker was down, jobs whose API process died between commit and publish;
-4. does 1-3 for records jobs too (``models.store.record_recovery``), when given their publisher.
+4. does 1-3 for records jobs and sweeps too (``models.store.side_recovery`` on their table),
+   when given their publisher.
 
 Sweeps by several workers at once are safe: every change is a conditional UPDATE and a
 duplicate message is a no-op for the claim step.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
-from models.store import record_recovery, recovery
+from models.store import recovery, side_recovery, tables
 from models.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -51,19 +52,29 @@ class Sweep:
     records_requeued: list[str] = field(default_factory=list)
     records_failed: list[str] = field(default_factory=list)
     records_published: list[str] = field(default_factory=list)
+    sweeps_requeued: list[str] = field(default_factory=list)
+    sweeps_failed: list[str] = field(default_factory=list)
+    sweeps_published: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        records = (self.records_requeued, self.records_failed, self.records_published)
         return (
             f"requeued {len(self.requeued)}, failed {len(self.failed)}, canceled "
             f"{len(self.canceled)}, published {len(self.published)}"
-            + (
-                "; record sets: requeued {}, failed {}, published {}".format(*map(len, records))
-                if any(records)
-                else ""
-            )
+            + "".join(self._side(label, prefix) for label, prefix in SIDE_LABELS)
             + (" (the broker had lost its messages)" if self.broker_lost_messages else "")
         )
+
+    def _side(self, label: str, prefix: str) -> str:
+        counts = [len(getattr(self, f"{prefix}_{what}")) for what in SIDE_OUTCOMES]
+        return (
+            "; {}: requeued {}, failed {}, published {}".format(label, *counts)
+            if any(counts)
+            else ""
+        )
+
+
+SIDE_LABELS = (("record sets", "records"), ("sweeps", "sweeps"))
+SIDE_OUTCOMES = ("requeued", "failed", "published")
 
 
 class BrokerMarker:
@@ -95,19 +106,30 @@ class Reaper:
         publish: Publish,
         marker: BrokerMarker | None = None,
         publish_records: Publish | None = None,
+        publish_sweeps: Publish | None = None,
     ):
         self.settings = settings
         self.sessions = sessions
         self.publish = publish
         self.marker = marker
         self.publish_records = publish_records  # (set id, model): a records job's message
+        self.publish_sweeps = publish_sweeps  # (sweep id, model): a sweep's message
+
+    def _sides(self) -> list[tuple[str, type, Publish]]:
+        """(Sweep field prefix, table, publisher) of each side table with a publisher."""
+        sides = [
+            ("records", tables.RecordSet, self.publish_records),
+            ("sweeps", tables.Sweep, self.publish_sweeps),
+        ]
+        return [(prefix, table, send) for prefix, table, send in sides if send is not None]
 
     def sweep(self, now: dt.datetime | None = None) -> Sweep:
         done = Sweep()
         if self._broker_lost_messages():
             with self.sessions.begin() as session:
                 forgotten = recovery.forget_publications(session)
-                forgotten += record_recovery.forget_set_publications(session)
+                for _, table, _ in self._sides():
+                    forgotten += side_recovery.forget_publications(session, table)
             done.broker_lost_messages = True
             log.warning("The broker lost its messages: %d queued job(s) to publish", forgotten)
         with self.sessions.begin() as session:
@@ -120,32 +142,38 @@ class Reaper:
         for job_id in reaped.failed:
             log.error("Job %s: failed, its worker was lost on every attempt", job_id)
         done.published = self.publish_unpublished(now)
-        if self.publish_records is not None:
-            self._sweep_records(done, now)
+        for prefix, table, send in self._sides():
+            self._sweep_side(done, prefix, table, send, now)
         return done
 
-    def _sweep_records(self, done: Sweep, now: dt.datetime | None) -> None:
+    def _sweep_side(
+        self, done: Sweep, prefix: str, table: type, send: Publish, now: dt.datetime | None
+    ) -> None:
+        """Steps 2 and 3 for one side table (record sets or sweeps)."""
+        name = table.__name__
         with self.sessions.begin() as session:
-            reaped = record_recovery.reap_sets(
-                session, self.settings.lease_seconds, self.settings.max_attempts, now=now
+            reaped = side_recovery.reap(
+                session, table, self.settings.lease_seconds, self.settings.max_attempts, now=now
             )
-        done.records_requeued, done.records_failed = reaped.requeued, reaped.failed
-        for set_id in reaped.requeued:
-            log.warning("Record set %s: its worker stopped sending heartbeats; requeued", set_id)
-        for set_id in reaped.failed:
-            log.error("Record set %s: failed, its worker was lost on every attempt", set_id)
+        setattr(done, f"{prefix}_requeued", reaped.requeued)
+        setattr(done, f"{prefix}_failed", reaped.failed)
+        for row_id in reaped.requeued:
+            log.warning("%s %s: its worker stopped sending heartbeats; requeued", name, row_id)
+        for row_id in reaped.failed:
+            log.error("%s %s: failed, its worker was lost on every attempt", name, row_id)
         older_than = (now or utcnow()) - dt.timedelta(seconds=PUBLISH_GRACE_SECONDS)
         with self.sessions.begin() as session:
-            sets = record_recovery.unpublished_sets(session, older_than)
-        for set_id, model in sets:
+            rows = side_recovery.unpublished(session, table, older_than)
+        published = getattr(done, f"{prefix}_published")
+        for row_id, model in rows:
             try:
-                self.publish_records(set_id, model)
+                send(row_id, model)
             except Exception as error:
-                log.warning("Record set %s: the broker is unavailable (%s)", set_id, error)
+                log.warning("%s %s: the broker is unavailable (%s)", name, row_id, error)
                 break
             with self.sessions.begin() as session:
-                record_recovery.mark_set_published(session, set_id)
-            done.records_published.append(set_id)
+                side_recovery.mark_published(session, table, row_id)
+            published.append(row_id)
 
     def _broker_lost_messages(self) -> bool:
         if self.marker is None:

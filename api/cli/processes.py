@@ -132,6 +132,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     from models.store.db import make_engine, make_sessionmaker
     from models.store.lifecycle import TASK_NAME, queue_name
     from models.store.node_records import RECORDS_TASK
+    from models.store.sweeps import SWEEP_TASK
     from worker.reaper import Reaper, broker_marker
 
     settings = Settings()
@@ -143,9 +144,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
     def publish_records(set_id: str, model: str) -> None:
         producer.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
 
+    def publish_sweeps(sweep_id: str, model: str) -> None:
+        producer.send_task(SWEEP_TASK, args=[sweep_id], queue=queue_name(model))
+
     engine = make_engine(settings.database())
     marker = broker_marker(settings)
-    reaper = Reaper(settings, make_sessionmaker(engine), publish, marker, publish_records)
+    reaper = Reaper(
+        settings, make_sessionmaker(engine), publish, marker, publish_records, publish_sweeps
+    )
     try:
         if args.loop:
             reaper.run(threading.Event())

@@ -291,8 +291,9 @@ class Sweep(Base):
     """A sweep (``models.store.sweeps``): one base request run under a grid of ablations.
 
     Its lifecycle is a job's (queued, started with attempts and heartbeat, then finished, failed
-    or canceled); its baseline and each point are ordinary jobs (made by the worker, tagged
-    ``sweep:ID``), so they are runs of the history like any other."""
+    or canceled), and so is its recovery: the outbox (``published_at``) and the reaper
+    (``models.store.side_recovery``). Its baseline and each point are ordinary jobs (made by the
+    worker, tagged ``sweep:ID``), so they are runs of the history like any other."""
 
     __tablename__ = "sweeps"
 
@@ -322,6 +323,7 @@ class Sweep(Base):
     heartbeat_at: Mapped[dt.datetime | None]
     cancel_requested_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    published_at: Mapped[dt.datetime | None]  # the outbox, as ``Job.published_at``
 
 
 class SweepPoint(Base):
