@@ -129,13 +129,14 @@ def test_with_the_broker_down_the_api_accepts_the_sweep_into_the_outbox(app, cli
     assert sweep.status == "queued" and sweep.published_at is None
 
 
-def test_a_requeued_sweep_resumes_only_its_unfinished_points(app, client, engine_model, tmp_path):
+def _runner(app, engine_model, sweep_id, max_attempts=3):
+    """Runs the sweep as a worker would, counting the points of each pass; ``die_after`` passes
+    it dies as a killed worker does (nothing stored, the claim held)."""
     import worker.sweep_passes as passes
     from worker.sweeps import execute_sweep
 
     sessions = app.extensions["actq.sessionmaker"]
-    sweep_id = _submit(client)
-    real, ran = passes.run_point_groups, []
+    real = passes.run_point_groups
 
     def run(worker, groups_seen, die_after=None):
         def counting(groups, model):
@@ -152,12 +153,19 @@ def test_a_requeued_sweep_resumes_only_its_unfinished_points(app, client, engine
                 model=lambda: engine_model,
                 worker=worker,
                 lease_seconds=LEASE,
-                max_attempts=3,
+                max_attempts=max_attempts,
                 memory_budget=1,
             )
         finally:
             passes.run_point_groups = real
 
+    return run
+
+
+def test_a_requeued_sweep_resumes_only_its_unfinished_points(app, client, engine_model, tmp_path):
+    sessions = app.extensions["actq.sessionmaker"]
+    sweep_id = _submit(client)
+    run, ran = _runner(app, engine_model, sweep_id), []
     with pytest.raises(SystemExit):
         run("first", ran, die_after=2)  # the baseline and one point, then the worker dies
     reaper = _reaper(tmp_path, sessions, str(app.config["ACTQ_SETTINGS"].database()))
@@ -170,3 +178,19 @@ def test_a_requeued_sweep_resumes_only_its_unfinished_points(app, client, engine
     view = client.get(f"/v1/sweeps/{sweep_id}").get_json()
     assert view["progress"]["finished"] == 8 and view["attempts"] == 2
     assert all(p["lossChange"] is not None for p in view["points"])
+
+
+def test_a_sweep_failed_by_the_reaper_fails_its_queued_jobs(app, client, engine_model, tmp_path):
+    sessions = app.extensions["actq.sessionmaker"]
+    sweep_id = _submit(client)
+    run = _runner(app, engine_model, sweep_id, max_attempts=1)
+    with pytest.raises(SystemExit):
+        run("first", [], die_after=2)
+    url = str(app.config["ACTQ_SETTINGS"].database())
+    reaper = _reaper(tmp_path, sessions, url, max_attempts=1)
+    done = reaper.sweep(now=utcnow() + dt.timedelta(seconds=LEASE + 1))
+    assert done.sweeps_failed == [sweep_id] and len(done.failed) == 1  # the point it held
+    view = client.get(f"/v1/sweeps/{sweep_id}").get_json()
+    assert view["status"] == "failed" and view["error"]["type"] == "worker_lost"
+    assert view["progress"] == {"done": 8, "of": 8, "finished": 1, "failed": 7, "canceled": 0}
+    assert reaper.sweep(now=utcnow() + dt.timedelta(seconds=LEASE + 1)).published == []

@@ -12,7 +12,8 @@ runs one sweep (or ``--loop`` forever). A sweep
 3. publishes every queued job that has no message (the outbox): requeued jobs, jobs accepted
    while the broker was down, jobs whose API process died between commit and publish;
 4. does 1-3 for records jobs and sweeps too (``models.store.side_recovery`` on their table),
-   when given their publisher.
+   when given their publisher; a sweep failed so fails its jobs still queued (they had only its
+   message).
 
 Sweeps by several workers at once are safe: every change is a conditional UPDATE and a
 duplicate message is a no-op for the claim step.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import Settings
-from models.store import recovery, side_recovery, tables
+from models.store import recovery, side_recovery, sweeps, tables
 from models.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class Reaper:
             log.warning("%s %s: its worker stopped sending heartbeats; requeued", name, row_id)
         for row_id in reaped.failed:
             log.error("%s %s: failed, its worker was lost on every attempt", name, row_id)
+        if table is tables.Sweep and reaped.failed:
+            self._fail_sweeps_jobs(reaped.failed, now)
         older_than = (now or utcnow()) - dt.timedelta(seconds=PUBLISH_GRACE_SECONDS)
         with self.sessions.begin() as session:
             rows = side_recovery.unpublished(session, table, older_than)
@@ -174,6 +177,14 @@ class Reaper:
             with self.sessions.begin() as session:
                 side_recovery.mark_published(session, table, row_id)
             published.append(row_id)
+
+    def _fail_sweeps_jobs(self, sweep_ids: list[str], now: dt.datetime | None) -> None:
+        """A failed sweep's queued jobs had only its message: they fail with it."""
+        now = now or utcnow()
+        with self.sessions.begin() as session:
+            for sweep_id in sweep_ids:
+                error = session.get(tables.Sweep, sweep_id).error
+                sweeps.fail_queued_jobs(session, sweep_id, error, now)
 
     def _broker_lost_messages(self) -> bool:
         if self.marker is None:

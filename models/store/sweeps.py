@@ -141,6 +141,24 @@ def request_sweep_cancel(session: Session, sweep: Sweep) -> str:
     return session.scalar(select(Sweep.status).where(Sweep.id == sweep.id))
 
 
+def fail_queued_jobs(session: Session, sweep_id: str, error: dict, now: dt.datetime) -> int:
+    """Fail the baseline's and points' jobs still queued of a sweep the reaper failed: their
+    message was the sweep's, so nothing else would run them. Jobs another worker holds are left
+    to it (and to the jobs' reaper)."""
+    sweep = session.get(Sweep, sweep_id)
+    ids = [sweep.baseline_job_id] if sweep.baseline_job_id else []
+    ids += [p.job_id for p in points_of(session, sweep_id) if p.job_id]
+    if not ids:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.FAILED.value, error=error, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
 def points_of(session: Session, sweep_id: str) -> list[SweepPoint]:
     query = select(SweepPoint).where(SweepPoint.sweep_id == sweep_id).order_by(SweepPoint.index)
     return list(session.scalars(query))
