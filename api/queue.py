@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from models.settings import celery_config, ensure_broker_folders
 from models.store.lifecycle import TASK_NAME, queue_name
+from models.store.side_recovery import mark_published
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +34,24 @@ def publish_job(job_id: str, model_name: str) -> None:
     producer: Celery = current_app.extensions["actq.celery"]
     producer.send_task(TASK_NAME, args=[job_id], queue=queue_name(model_name))
     log.info("Job %s: published to %s", job_id, queue_name(model_name))
+
+
+def publish_row(session, table, row_id: str, task: str, model: str, what: str) -> None:
+    """Send a committed record set's or sweep's message (``task``) and mark the row published
+    (the outbox, ``models.store.side_recovery``); on a broker error it stays unpublished and a
+    worker's reaper publishes it. ``what`` names the row in the log ("Sweep", "Record set")."""
+    producer: Celery = current_app.extensions["actq.celery"]
+    try:
+        producer.send_task(task, args=[row_id], queue=queue_name(model))
+    except Exception as error:
+        log.warning(
+            "%s %s: broker unavailable (%s); the reaper will publish it", what, row_id, error
+        )
+        return
+    try:
+        mark_published(session, table, row_id)
+        session.commit()
+    except Exception as error:  # a duplicate message later is harmless
+        session.rollback()
+        log.warning("%s %s: published but not marked (%s)", what, row_id, error)
+    log.info("%s %s: published", what, row_id)

@@ -20,9 +20,9 @@ from pydantic import Field
 
 from api.auth import current_owner
 from api.database import get_session
+from api.queue import publish_row
 from api.served import served_models
 from models.errors import NotFoundError, RequestValidationError
-from models.store.lifecycle import queue_name
 from models.store.node_records import (
     KIND_DSTS,
     LATENT_KINDS,
@@ -32,7 +32,6 @@ from models.store.node_records import (
     dataset_name,
     put_explanation,
 )
-from models.store.record_recovery import mark_set_published
 from models.store.tables import RecordSet
 from models.wire.base import Float, Int, Str, WireModel
 from models.wire.enums import DerivedScalarType
@@ -119,31 +118,11 @@ def submit_records():
         owner=current_owner(),
     )
     session.commit()
-    _publish(session, record_set.id, served.meta.name)
+    publish_row(session, RecordSet, record_set.id, RECORDS_TASK, served.meta.name, "Record set")
     response = jsonify(_view(record_set))
     response.status_code = 202
     response.headers["Location"] = f"/v1/records/{record_set.id}"
     return response
-
-
-def _publish(session, set_id: str, model: str) -> None:
-    """Send the committed set's message and mark it published (the outbox); on a broker error
-    it stays unpublished and a worker's reaper publishes it."""
-    producer = current_app.extensions["actq.celery"]
-    try:
-        producer.send_task(RECORDS_TASK, args=[set_id], queue=queue_name(model))
-    except Exception as error:
-        log.warning(
-            "Record set %s: broker unavailable (%s); the reaper will publish it", set_id, error
-        )
-        return
-    try:
-        mark_set_published(session, set_id)
-        session.commit()
-    except Exception as error:  # a duplicate message later is harmless
-        session.rollback()
-        log.warning("Record set %s: published but not marked (%s)", set_id, error)
-    log.info("Record set %s: published", set_id)
 
 
 @bp.get("/v1/records/<set_id>")

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from api import limits
 from api.auth import current_caller, current_owner
 from api.database import get_session
+from api.queue import publish_row
 from api.served import served_models
 from api.submission import check_metadata, request_body
 from api.sweep_table import as_csv, rows, sweep_view
@@ -34,8 +35,6 @@ from models.checks.sweeps import (
     point_request,
 )
 from models.errors import ActqError, NotFoundError
-from models.store.lifecycle import queue_name
-from models.store.side_recovery import mark_published
 from models.store.sweeps import SWEEP_TASK, create_sweep, request_sweep_cancel
 from models.store.tables import Sweep
 from models.wire.protocol import parse_as, parse_request, to_wire
@@ -114,31 +113,11 @@ def submit_sweep():
         owner=current_owner(),
     )
     session.commit()
-    _publish(session, sweep.id, served.meta.name)
+    publish_row(session, Sweep, sweep.id, SWEEP_TASK, served.meta.name, "Sweep")
     response = jsonify(sweep_view(session, sweep, with_points=False))
     response.status_code = 202
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
     return response
-
-
-def _publish(session, sweep_id: str, model: str) -> None:
-    """Send the committed sweep's message and mark it published (the outbox); on a broker error
-    it stays unpublished and a worker's reaper publishes it."""
-    producer = current_app.extensions["actq.celery"]
-    try:
-        producer.send_task(SWEEP_TASK, args=[sweep_id], queue=queue_name(model))
-    except Exception as error:
-        log.warning(
-            "Sweep %s: broker unavailable (%s); the reaper will publish it", sweep_id, error
-        )
-        return
-    try:
-        mark_published(session, Sweep, sweep_id)
-        session.commit()
-    except Exception as error:  # a duplicate message later is harmless
-        session.rollback()
-        log.warning("Sweep %s: published but not marked (%s)", sweep_id, error)
-    log.info("Sweep %s: published", sweep_id)
 
 
 def visible_sweep(sweep_id: str) -> Sweep:
