@@ -46,7 +46,6 @@ def _run(app, engine_model, sweep_id, budget=8 << 30):
         ({"base": BASE, "grid": {"heads": "all", "positions": [0, -1]}}, "grid.positions.1"),
         ({"base": BASE, "grid": {"neurons": [{"layer": 0, "index": 256}]}}, "grid.neurons.0.index"),
         ({"base": BASE, "grid": {"neurons": [{"layer": 5, "index": 0}]}}, "grid.neurons.0.layer"),
-        ({"base": BASE, "grid": {"heads": "all", "values": "mean"}}, "grid.values"),
         ({"base": BASE, "grid": {}}, "grid"),
         ({"base": BASE, "grid": {"heads": "all", "neurons": [{"layer": 0, "index": 0}]}}, "grid"),
         ({"grid": {"heads": "all"}}, "base"),

@@ -1,5 +1,5 @@
 """The engine's side of a sweep: each point's request as a group of sub-requests, the groups run
-in shared passes, the clean run's means, and the numbers each point's row shows.
+in shared passes, and the numbers each point's row shows.
 
 A point's group is exactly what ``worker.engine.run`` would run for its request alone (the same
 parse, checks and TDB conversion), so a point's response is the response of the same request sent
@@ -18,7 +18,6 @@ from models.checks import validate_request
 from models.wire import protocol as p
 from models.wire.tdb import convert_tdb_request
 from worker.engine.groups import settle_groups
-from worker.engine.pipeline import run_batch
 from worker.engine.planning import Paths
 
 TOP_K_DATA = "multiple_top_k_derived_scalars_response_data"
@@ -48,29 +47,6 @@ def run_point_groups(groups: list[tuple[list, list[Paths]]], model) -> list:
     it: the groups share padded passes (``worker.engine.groups``), packed to its memory budget."""
     with torch.inference_mode(False):
         return settle_groups([subs for subs, _ in groups], model, [paths for _, paths in groups])
-
-
-def neuron_means(base_endpoint: str, base_request: dict, neurons: list[tuple[int, int]], model):
-    """The clean run's mean of each ``(layer, neuron)``'s ``mlp.post_act`` over its tokens."""
-    subs, _ = group_of(base_endpoint, base_request, model)
-    specs = {
-        f"mean{i}": p.DerivedScalarsRequestSpec(
-            dst="mlp_post_act", layer_index=layer, activation_index=index
-        )
-        for i, (layer, index) in enumerate(neurons)
-    }
-    sub = p.InferenceSubRequest(
-        inference_request_spec=subs[0].inference_request_spec,
-        processing_request_spec_by_name=specs,
-    )
-    with torch.inference_mode(False):
-        answer = run_batch([sub], model)["inferenceSubResponses"][0]
-    data = answer["processingResponseDataByName"]
-    return {
-        node: sum(acts) / len(acts)
-        for i, node in enumerate(neurons)
-        if (acts := data[f"mean{i}"]["activations"])
-    }
 
 
 # --- the numbers of a point's row -------------------------------------------------------------

@@ -69,15 +69,20 @@ def execute_sweep(
 
 
 def _make_jobs(session: Session, sweep: Sweep, loaded) -> None:
-    from worker.sweep_passes import neuron_means
+    from worker.sweep_means import clean_means
 
     base = Base(sweep.endpoint, sweep.base_request, "base")
     points = store.points_of(session, sweep.id)
     means = {}
-    wanted = list(dict.fromkeys((p.layer, p.node_index) for p in points if p.value is None))
+    wanted = list(
+        dict.fromkeys((p.node_type, p.layer, p.node_index) for p in points if p.value is None)
+    )
     if wanted:
-        means = neuron_means(sweep.endpoint, sweep.base_request, wanted, loaded)
-    values = [p.value if p.value is not None else means[(p.layer, p.node_index)] for p in points]
+        means = clean_means(sweep.endpoint, sweep.base_request, wanted, loaded)
+    values = [
+        p.value if p.value is not None else means[(p.node_type, p.layer, p.node_index)]
+        for p in points
+    ]
     requests = [base.request] + [
         point_request(base, Point(p.node_type, p.layer, p.node_index, p.position, None), v)
         for p, v in zip(points, values, strict=True)

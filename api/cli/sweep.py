@@ -162,8 +162,8 @@ def add_commands(sub) -> None:
     p.add_argument(
         "--values",
         default="0",
-        help="values to set: 0 (default), v,v,... or 'mean' (the clean run's mean over tokens; "
-        "neurons)",
+        help="values to set: 0 (default), v,v,... or 'mean' (the clean run's mean over tokens "
+        "of what the ablation overwrites)",
     )
     p.add_argument(
         "--node",

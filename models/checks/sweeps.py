@@ -104,14 +104,7 @@ def grid_points(grid: SweepGrid, meta: Any, n_tokens: int, max_points: int) -> l
     nodes = _nodes(grid, meta)
     positions = _positions(grid, n_tokens)
     values: list[float | None]
-    if grid.values == "mean":
-        if grid.neurons is None:
-            raise RequestValidationError(
-                "values 'mean' (the clean run's mean over tokens) is for neurons: a head's "
-                "ablation writes one value into every key of its attention row, and latents' "
-                "means are not computed yet",
-                path="grid.values",
-            )
+    if grid.values == "mean":  # the clean run's mean over tokens, computed by the worker
         values = [None]
     elif isinstance(grid.values, list):
         if not grid.values:
