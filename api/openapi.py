@@ -11,20 +11,15 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from api.openapi_pieces import ERRORS, REF
+from api.openapi_pieces import as_json as _json
+from api.openapi_pieces import param as _param
+from api.openapi_pieces import ref as _ref
+from api.openapi_sweeps import SWEEP_MODELS, sweep_paths
 from api.run_views import BaselineView, RunDetail, RunList
 from api.schemas import ErrorBody, Health, JobAccepted, JobList, JobView, ModelList
 from models.store.lifecycle import ENDPOINTS, JobStatus
 from models.wire.protocol import REQUEST_MODELS, RESPONSE_MODELS
-
-REF = "#/components/schemas/{model}"
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": REF.format(model=name)}
-
-
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _schemas() -> tuple[dict[tuple, dict], dict[str, Any]]:
@@ -34,30 +29,9 @@ def _schemas() -> tuple[dict[tuple, dict], dict[str, Any]]:
         (m, "serialization")
         for m in (ErrorBody, Health, JobAccepted, JobList, JobView, ModelList)
         + (BaselineView, RunDetail, RunList)
-    ]
+    ] + list(SWEEP_MODELS)
     keys, top = models_json_schema(inputs + outputs + ours, ref_template=REF, by_alias=True)
     return keys, top.get("$defs", {})
-
-
-def _param(name: str, schema: dict, where: str = "query", description: str = "", required=False):
-    return {
-        "name": name,
-        "in": where,
-        "required": required,
-        "schema": schema,
-        "description": description,
-    }
-
-
-ERRORS = {
-    "400": _json(_ref("ErrorBody"), "the model cannot serve this request"),
-    "404": _json(_ref("ErrorBody"), "unknown model or route"),
-    "413": _json(_ref("ErrorBody"), "request body too large"),
-    "422": _json(_ref("ErrorBody"), "the body does not parse; `path` names the field"),
-    "503": _json(_ref("ErrorBody"), "the database is unavailable; retry after Retry-After"),
-    "401": _json(_ref("ErrorBody"), "an API key is needed (Authorization: Bearer KEY)"),
-    "429": _json(_ref("ErrorBody"), "over the key's rate limit; retry after Retry-After"),
-}
 
 
 def _submit_path(endpoint: str, keys: dict) -> dict:
@@ -307,6 +281,7 @@ def openapi_document() -> dict:
         paths[f"/{endpoint}"] = _tdb_path(endpoint, keys)
     paths.update(_job_paths())
     paths.update(_run_paths())
+    paths.update(sweep_paths(keys))
     return {
         "openapi": "3.1.0",
         "info": {

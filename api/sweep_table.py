@@ -12,6 +12,7 @@ import csv
 import io
 from typing import Any
 
+from api.sweep_schemas import SweepTable, SweepView
 from models.store.sweeps import job_losses, point_statuses, points_of, progress
 from models.store.tables import Sweep
 
@@ -80,6 +81,8 @@ def rows(session, sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def sweep_view(session, sweep: Sweep, with_points: bool = True) -> dict[str, Any]:
+    """The sweep's JSON (``api.sweep_schemas``: ``SweepTable``, or ``SweepView`` without the
+    points)."""
     view = {
         "id": sweep.id,
         "status": sweep.status,
@@ -106,8 +109,8 @@ def sweep_view(session, sweep: Sweep, with_points: bool = True) -> dict[str, Any
         "runsUrl": f"/v1/runs?tag=sweep:{sweep.id}",
     }
     if with_points:
-        view["points"] = rows(session, sweep)
-    return view
+        return SweepTable(**view, points=rows(session, sweep)).body()
+    return SweepView(**view).body()
 
 
 def as_csv(table: list[dict[str, Any]]) -> str:

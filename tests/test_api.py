@@ -7,9 +7,11 @@ real engine, as a worker would.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,8 @@ from tests.conftest import (
     strip_timing,
 )
 from worker.execution import execute_job
+
+BASE_TDB = json.loads((Path(__file__).parents[1] / "examples" / "batched_tdb.json").read_text())
 
 TDB = next(c for c in OK_CASES if c["name"].startswith("061"))
 
@@ -247,6 +251,58 @@ def test_models_health_and_openapi(client):
         "/v1/model_info",
     ):
         assert path in doc["paths"]
+
+
+def _shape(path: str) -> str:
+    """A Flask rule or an OpenAPI path with its parameters unnamed (``/v1/sweeps/{}``)."""
+    return re.sub(r"<[^>]+>|{[^}]+}", "{}", path)
+
+
+def test_openapi_documents_every_sweep_route_from_its_models(app, client):
+    from api.sweep_schemas import SweepView
+    from models.wire.sweeps import SweepRequest
+
+    doc = client.get("/openapi.json").get_json()
+    documented = {
+        (_shape(path), method.upper()) for path, ops in doc["paths"].items() for method in ops
+    }
+    routes = [r for r in app.url_map.iter_rules() if r.endpoint.startswith("sweeps.")]
+    assert len(routes) == 3
+    for rule in routes:
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (_shape(rule.rule), method) in documented, (rule.rule, method)
+
+    schemas = doc["components"]["schemas"]
+
+    def resolve(schema: dict) -> dict:
+        return schemas[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+
+    def answer(path: str, method: str, status: str) -> dict:
+        content = doc["paths"][path][method]["responses"][status]["content"]
+        return resolve(content["application/json"]["schema"])
+
+    submit = doc["paths"]["/v1/sweeps"]["post"]
+    body = resolve(submit["requestBody"]["content"]["application/json"]["schema"])
+    assert set(body["properties"]) == set(
+        SweepRequest.model_json_schema(by_alias=True)["properties"]
+    )
+    assert "grid" in body["required"]
+    view = set(SweepView.model_json_schema(by_alias=True, mode="serialization")["properties"])
+    assert set(answer("/v1/sweeps", "post", "202")["properties"]) == view
+    assert set(answer("/v1/sweeps/{id}/cancel", "post", "202")["properties"]) == view
+    table = answer("/v1/sweeps/{id}", "get", "200")
+    assert set(table["properties"]) == view | {"points"}
+    row = resolve(table["properties"]["points"]["items"])
+    assert {"nodeType", "nodeIndex", "lossChange", "compareUrl"} <= set(row["properties"])
+    assert "text/csv" in doc["paths"]["/v1/sweeps/{id}"]["get"]["responses"]["200"]["content"]
+
+    # the documented shapes are what the routes send: a submission, its table and a cancel
+    sweep = client.post("/v1/sweeps", json={"base": BASE_TDB, "grid": {"heads": [0]}})
+    assert sweep.status_code == 202 and set(sweep.get_json()) == view
+    listed = client.get(f"/v1/sweeps/{sweep.get_json()['id']}").get_json()
+    assert set(listed) == view | {"points"} and set(listed["points"][0]) == set(row["properties"])
+    canceled = client.post(f"/v1/sweeps/{sweep.get_json()['id']}/cancel")
+    assert canceled.status_code == 200 and set(canceled.get_json()) == view
 
 
 def test_tdb_route_errors_carry_message_detail_and_cors(client, app_sessions):
