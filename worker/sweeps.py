@@ -12,6 +12,11 @@
 * **Others' points**: a point another worker holds (requeued by the reaper and sent alone, or
   taken by a co-batching worker) is waited for, not run twice; its row's numbers are read from
   its stored response at the end.
+* **Guards**: the clean means' pass and every pass of points run under a job's soft time limit
+  and memory guard (``JobLimits``: ``ACTQ_JOB_SOFT_TIME_LIMIT``, ``ACTQ_JOB_MEMORY_GUARD_BYTES``),
+  as a pack of co-batched jobs does: a pass that passes one runs its points again one by one,
+  each under its own, and a point over them alone fails like a job (``timeout``,
+  ``resource_exhausted``) while the sweep goes on.
 * **Cancel**: before each pass the sweep looks whether a cancel was asked; its remaining points
   are canceled (the API already canceled those queued) and the sweep ends ``canceled``.
 * **Late ack**: the message is acknowledged after the sweep's outcome is stored.
@@ -35,7 +40,9 @@ from models.store.recovery import request_cancel
 from models.store.runs import run_losses
 from models.store.tables import Job, Sweep
 from models.wire.encoding import dumps
-from worker.execution import error_record
+from worker.execution import error_record, release_memory
+from worker.limits import JobLimits, soft_time_limit
+from worker.watch import memory_guard
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +59,21 @@ def execute_sweep(
     lease_seconds: float,
     max_attempts: int,
     memory_budget: int,
+    limits: JobLimits | None = None,
 ) -> str | None:
-    """Run one sweep end to end; its final status, or None if not claimable (or lost)."""
+    """Run one sweep end to end; its final status, or None if not claimable (or lost).
+
+    ``limits`` gives its passes a job's soft time limit and memory guard (default: none)."""
     with sessions.begin() as session:
         attempt = store.claim_sweep(session, sweep_id, worker, lease_seconds, max_attempts)
     if attempt is None:
         log.info("Sweep %s: not claimable (duplicate message or already done)", sweep_id)
         return None
     try:
-        return _run(sessions, sweep_id, attempt, model(), worker, lease_seconds, memory_budget)
+        guards = limits or JobLimits()
+        return _run(
+            sessions, sweep_id, attempt, model(), worker, lease_seconds, memory_budget, guards
+        )
     except Exception as error:
         log.exception("Sweep %s failed", sweep_id)
         with sessions.begin() as session:
@@ -68,7 +81,13 @@ def execute_sweep(
         return "failed"
 
 
-def _make_jobs(session: Session, sweep: Sweep, loaded) -> None:
+def guarded(limits: JobLimits, run: Callable[[], object]):
+    """``run()`` under a job's soft time limit and memory guard."""
+    with soft_time_limit(limits.soft_time_limit), memory_guard(limits.memory_guard_bytes):
+        return run()
+
+
+def _make_jobs(session: Session, sweep: Sweep, loaded, limits: JobLimits) -> None:
     from worker.sweep_means import clean_means
 
     base = Base(sweep.endpoint, sweep.base_request, "base")
@@ -78,7 +97,9 @@ def _make_jobs(session: Session, sweep: Sweep, loaded) -> None:
         dict.fromkeys((p.node_type, p.layer, p.node_index) for p in points if p.value is None)
     )
     if wanted:
-        means = clean_means(sweep.endpoint, sweep.base_request, wanted, loaded)
+        means = guarded(
+            limits, lambda: clean_means(sweep.endpoint, sweep.base_request, wanted, loaded)
+        )
     values = [
         p.value if p.value is not None else means[(p.node_type, p.layer, p.node_index)]
         for p in points
@@ -90,11 +111,11 @@ def _make_jobs(session: Session, sweep: Sweep, loaded) -> None:
     store.make_jobs(session, sweep, requests, values)
 
 
-def _run(sessions, sweep_id, attempt, loaded, worker, lease_seconds, budget) -> str | None:
+def _run(sessions, sweep_id, attempt, loaded, worker, lease_seconds, budget, limits):
     with sessions.begin() as session:
         sweep = session.get(Sweep, sweep_id)
         if sweep.baseline_job_id is None:
-            _make_jobs(session, sweep, loaded)
+            _make_jobs(session, sweep, loaded, limits)
         order = [sweep.baseline_job_id] + [p.job_id for p in store.points_of(session, sweep_id)]
         index_of = {job_id: i for i, job_id in enumerate(order)}  # 0: the baseline
         per_pass = max(1, min(MAX_PASS, budget // max(1, sweep.point_memory_bytes)))
@@ -111,7 +132,7 @@ def _run(sessions, sweep_id, attempt, loaded, worker, lease_seconds, budget) -> 
                 log.warning("Sweep %s: attempt %d lost its claim; stopping", sweep_id, attempt)
                 return None
         ran = _run_pass(
-            sessions, sweep_id, pending, per_pass, index_of, loaded, worker, lease_seconds
+            sessions, sweep_id, pending, per_pass, index_of, loaded, worker, lease_seconds, limits
         )
         if not ran:  # the rest is held by other workers (a requeued point, a co-batch): wait
             time.sleep(WAIT_SECONDS)
@@ -142,10 +163,10 @@ def _pending(sessions, order: list[str]) -> list[str]:
     return [job_id for job_id in order if statuses.get(job_id) not in store.FINAL]
 
 
-def _run_pass(sessions, sweep_id, pending, limit, index_of, loaded, worker, lease) -> int:
+def _run_pass(sessions, sweep_id, pending, limit, index_of, loaded, worker, lease, guards) -> int:
     """Claim up to ``limit`` of ``pending`` in order (a job another worker holds is left to it),
     run them in shared passes, store each; how many it ran."""
-    from worker.sweep_passes import group_of, run_point_groups
+    from worker.sweep_passes import group_of
 
     claimed: list[tuple[str, int, str, dict]] = []
     with sessions.begin() as session:
@@ -165,15 +186,7 @@ def _run_pass(sessions, sweep_id, pending, limit, index_of, loaded, worker, leas
             groups.append((job_id, group_of(endpoint, request, loaded)))
         except Exception as error:  # a request the model cannot serve fails its own job only
             outcomes[job_id] = error_record(error)
-    try:
-        answers = run_point_groups([g for _, g in groups], loaded)
-    except Exception:  # not a refusal (those come back in place): each alone, to tell them apart
-        answers = []
-        for _, group in groups:
-            try:
-                answers.extend(run_point_groups([group], loaded))
-            except Exception as error:
-                answers.append(error)
+    answers = _answers([g for _, g in groups], loaded, guards)
     for (job_id, _), answer in zip(groups, answers, strict=True):
         outcomes[job_id] = error_record(answer) if isinstance(answer, Exception) else answer
     seconds = (time.perf_counter() - start) / len(claimed)
@@ -190,6 +203,28 @@ def _run_pass(sessions, sweep_id, pending, limit, index_of, loaded, worker, leas
                 index_of[job_id],
             )
     return len(claimed)
+
+
+def _answers(groups: list, loaded, limits: JobLimits) -> list:
+    """Each group's answer from one guarded pass; if that pass fails (not a refusal: those come
+    back in place) or passes a guard, each group alone under its own guards, to tell them apart:
+    an error then is that point's own."""
+    from worker.sweep_passes import run_point_groups
+
+    try:
+        return guarded(limits, lambda: run_point_groups(groups, loaded))
+    except Exception as error:
+        release_memory()
+        if len(groups) == 1:
+            return [error]
+    answers = []
+    for group in groups:
+        try:
+            answers.extend(guarded(limits, lambda group=group: run_point_groups([group], loaded)))
+        except Exception as error:
+            release_memory()
+            answers.append(error)
+    return answers
 
 
 def _store(session, sweep_id, job_id, attempt, endpoint, outcome, seconds, index) -> None:
@@ -228,6 +263,7 @@ def run_sweep(task, sweep_id: str) -> str | None:
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         memory_budget=settings.max_job_memory_bytes,
+        limits=JobLimits.from_settings(settings),
     )
 
 
