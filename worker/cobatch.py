@@ -11,7 +11,10 @@ together (``ACTQ_BATCH_JOBS``, default 8 jobs at once; 1 turns it off).
   (``models.store.recovery``).
 * **Answers**: the engine answers the jobs with shared passes (``worker.engine.run_many``),
   each exactly as alone; each job is stored and announced as soon as its own part is done.
-  Cancels are honoured at the stage boundaries (before the pack, before each store).
+  Cancels are honoured at the stage boundaries (before the pack, and for each job as its
+  answer comes, before it is stored) and by the store itself, which does not finish a job whose
+  cancel was asked for since that last look (``recovery.finish_unless_canceled``): a job
+  canceled while its pack runs ends ``canceled``, never ``finished``.
 * **Anything else** (the pack's engine stage fails or times out, the model cannot be loaded)
   falls back to running the remaining jobs one by one, as alone. A debug delay
   (``ACTQ_DEBUG_DELAYS``) delays the whole pack by its members' longest.

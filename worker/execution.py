@@ -246,13 +246,15 @@ def store_outcome(
     seconds: float,
     patience: float = STORE_PATIENCE_SECONDS,
 ) -> str:
-    """Write the outcome in one transaction; returns the job's new status, or 'superseded'."""
+    """Write the outcome in one transaction; returns the job's new status, or 'superseded'
+    (``canceled`` if a cancel asked for since the last look would be overwritten by a finish)."""
 
     def write() -> str:
         with sessions.begin() as session:
             if losses is not None:
-                ok = store.finish_job(session, job_id, attempt, outcome, losses, seconds)
-                return "finished" if ok else "superseded"
+                return recovery.finish_unless_canceled(
+                    session, job_id, attempt, outcome, losses, seconds
+                )
             ok = store.fail_job(session, job_id, attempt, outcome)
             return "failed" if ok else "superseded"
 

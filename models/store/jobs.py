@@ -210,14 +210,19 @@ def finish_job(
     response_text: str,
     losses: list[float | None],
     engine_seconds: float | None,
+    unless_canceled: bool = False,
 ) -> bool:
-    """Store the response and mark the job ``finished``; False if the attempt was superseded."""
+    """Store the response and mark the job ``finished``; False if the attempt was superseded
+    (or, ``unless_canceled``, if a cancel was asked for: ``recovery.finish_unless_canceled``)."""
     encoded = response_text.encode("utf-8")
     compressed = zlib.compress(encoded, COMPRESSION_LEVEL)
     now = utcnow()
+    held = _held(job_id, attempt)
+    if unless_canceled:
+        held = (*held, Job.cancel_requested_at.is_(None))
     result = session.execute(
         update(Job)
-        .where(*_held(job_id, attempt))
+        .where(*held)
         .values(
             status=JobStatus.FINISHED.value,
             response=compressed,

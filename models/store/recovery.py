@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from models.store import jobs
 from models.store.lifecycle import JobStatus
 from models.store.tables import Job, utcnow
 
@@ -248,6 +249,19 @@ def cancel_requested(session: Session, job_id: str, attempt: int) -> bool:
         Job.cancel_requested_at.is_not(None),
     )
     return session.execute(query).first() is not None
+
+
+def finish_unless_canceled(
+    session: Session, job_id: str, attempt: int, text: str, losses: list, seconds: float | None
+) -> str:
+    """Store a finished job's response unless a cancel was asked for, looked at in the same
+    UPDATE (so a cancel that arrives after the worker's last look at a stage boundary is not
+    overwritten by a finish): ``finished``, ``canceled`` or ``superseded``."""
+    if jobs.finish_job(session, job_id, attempt, text, losses, seconds, unless_canceled=True):
+        return JobStatus.FINISHED.value
+    if cancel_held(session, job_id, attempt):
+        return JobStatus.CANCELED.value
+    return "superseded"
 
 
 def cancel_held(session: Session, job_id: str, attempt: int) -> bool:
