@@ -113,29 +113,38 @@ def add_worker(stack: Stack, name: str) -> None:
     wait_until(lambda: worker_ready(worker), 300, name, stack)
 
 
-def submit_to_result(client: Client, request: dict) -> tuple[float, str]:
+def submit_to_result(client: Client, request: dict) -> tuple[float, str, dict[str, float]]:
+    """Seconds from submit to the response bytes, the job's id, and the client's clock (epoch
+    seconds) at the start, once the submit answered, and at the end."""
+    clock = {"start": time.time()}
     start = time.perf_counter()
     job = client.submit("batched_tdb", request, fresh=True)
+    clock["submitted"] = time.time()
     status, _body = client.result(job["id"], wait=120)
     while status == 202:
         status, _body = client.result(job["id"], wait=120)
     elapsed = time.perf_counter() - start
+    clock["end"] = time.time()
     assert status == 200, (status, _body[:300])
-    return elapsed, job["id"]
+    return elapsed, job["id"], clock
 
 
-def breakdown(job: dict, e2e: float) -> dict[str, float]:
-    """Where the service's time went: waiting to be claimed, the worker's own work around the
-    engine (claim, encode, compress, store), and delivering the result to the client."""
+def breakdown(job: dict, e2e: float, clock: dict[str, float]) -> dict[str, float]:
+    """Where the service's time went: the submit request until the job's row is written,
+    waiting to be claimed, the worker's own work around the engine (claim, compress, store),
+    and delivering the result to the client (its stored row to the response's last byte). The
+    clocks are this machine's: the client's and the job's timestamps (written by the API and
+    the worker) are on the same one."""
     created, started, finished = (
-        dt.datetime.fromisoformat(job[k]) for k in ("createdAt", "startedAt", "finishedAt")
+        dt.datetime.fromisoformat(job[k]).timestamp()
+        for k in ("createdAt", "startedAt", "finishedAt")
     )
-    queued = (started - created).total_seconds()
-    worker = (finished - started).total_seconds() - job["engineSeconds"]
     return {
-        "queued": queued,
-        "worker": worker,
-        "delivery": e2e - (finished - created).total_seconds(),
+        "submit": created - clock["start"],
+        "answered": clock["submitted"] - created,  # the submit's commit, publish and answer
+        "queued": started - created,
+        "worker": finished - started - job["engineSeconds"],
+        "delivery": clock["end"] - finished,
     }
 
 
@@ -186,11 +195,11 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
             submit_to_result(client, request)  # warm-up: model load, first-call costs
         e2e, engine, local, parts = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
-            seconds, job_id = submit_to_result(client, request)
+            seconds, job_id, clock = submit_to_result(client, request)
             job = client.status(job_id)
             e2e.append(seconds)
             engine.append(job["engineSeconds"])
-            parts.append(breakdown(job, seconds))
+            parts.append(breakdown(job, seconds, clock))
             local.append(in_process_seconds(request, local_model))
         overhead = [a - b for a, b in zip(e2e, engine, strict=True)]
         one = two = None
@@ -214,9 +223,11 @@ def bench_model(name: str, spec: str, args, db_server: str, broker: str, workdir
         f"  service overhead            {med_over * 1000:9.1f} ms ({med_over / med_engine:.1%} of engine)"
     )
     for label, key in (
-        ("  of which: submit -> claimed", "queued"),
+        ("  of which: submit -> stored ", "submit"),
+        ("            stored -> claimed", "queued"),
         ("            worker, not engine", "worker"),
         ("            finished -> client", "delivery"),
+        ("  (stored -> submit answered)", "answered"),
     ):
         print(f"{label}   {statistics.median(p[key] for p in parts) * 1000:9.1f} ms")
     if one is not None:

@@ -53,8 +53,7 @@ def test_a_cancel_after_the_last_look_still_beats_the_finish(
     def look_then_cancel(sessions_, job_id, attempt, patience):
         stopped = real(sessions_, job_id, attempt, patience)
         looks.append(job_id)
-        if job_id == late and looks.count(job_id) == 2:  # the look before the store
-            # what follows is the store itself: a cancel arriving now must still win
+        if job_id == late:  # a cancel arriving just after each look the worker takes
             assert stopped is None and _cancel(sessions, job_id) == "started"
         return stopped
 
@@ -63,7 +62,21 @@ def test_a_cancel_after_the_last_look_still_beats_the_finish(
         sessions, ids[0], model=lambda: engine_model, batch_jobs=len(ids), announce=lambda _: None
     )
     assert status == ("finished" if together else "canceled")
-    assert late in looks
+    assert looks.count(late) == 1  # the look before the engine; the store's own is the last
     job = _job(sessions, late)
     assert (job.status, job.response) == ("canceled", None)
     assert [_job(sessions, job_id).status for job_id in ids[:-1]] == ["finished"] * (len(ids) - 1)
+
+
+def test_a_failing_job_canceled_after_the_last_look_is_canceled(sessions, engine_model):
+    from worker.execution import execute_job
+
+    job_id = _submit(sessions, OK[0])
+
+    def refuse(endpoint, request, model):  # the cancel arrives while the engine runs
+        assert _cancel(sessions, job_id) == "started"
+        raise ValueError("the engine failed")
+
+    assert execute_job(sessions, job_id, model=lambda: engine_model, runner=refuse) == "canceled"
+    job = _job(sessions, job_id)
+    assert (job.status, job.error) == ("canceled", None)

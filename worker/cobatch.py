@@ -11,10 +11,10 @@ together (``ACTQ_BATCH_JOBS``, default 8 jobs at once; 1 turns it off).
   (``models.store.recovery``).
 * **Answers**: the engine answers the jobs with shared passes (``worker.engine.run_many``),
   each exactly as alone; each job is stored and announced as soon as its own part is done.
-  Cancels are honoured at the stage boundaries (before the pack, and for each job as its
-  answer comes, before it is stored) and by the store itself, which does not finish a job whose
-  cancel was asked for since that last look (``recovery.finish_unless_canceled``): a job
-  canceled while its pack runs ends ``canceled``, never ``finished``.
+  Cancels are honoured before the pack and, for each job as its answer comes, by the store
+  itself, which does not store an outcome over a cancel asked for meanwhile
+  (``recovery.store_unless_canceled``, in the same UPDATE): a job canceled while its pack runs
+  ends ``canceled``, never ``finished``.
 * **Anything else** (the pack's engine stage fails or times out, the model cannot be loaded)
   falls back to running the remaining jobs one by one, as alone. A debug delay
   (``ACTQ_DEBUG_DELAYS``) delays the whole pack by its members' longest.
@@ -166,8 +166,8 @@ def _run_pack(sessions, pending, model, limits: JobLimits, done) -> None:
         job_id, job = pending[i]
         seconds = time.perf_counter() - start
         record, losses = _outcome(sessions, job, outcome, loaded)
-        stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
-        status = stopped or store_outcome(
+        # the store looks for a cancel in its own UPDATE: asked for meanwhile, the job is canceled
+        status = store_outcome(
             sessions, job_id, job.attempt, record, losses, seconds, limits.store_patience
         )
         log.info(

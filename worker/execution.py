@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,7 @@ from models.errors import ActqError
 from models.store import fairness, recovery
 from models.store import jobs as store
 from models.store.runs import run_losses
+from models.store.tables import Job
 from models.wire.encoding import dumps
 from worker.engine.stopping import check_stop, stop_when
 from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
@@ -84,10 +86,7 @@ def claim(
             return None
         # the message's job, if still queued, needs a new message: it goes back to the outbox
         republish = chosen != job_id and recovery.unpublish(session, job_id)
-        job = store.get_job(session, chosen)
-        claimed = Claimed(
-            chosen, attempt, job.endpoint, job.model, job.request, list(job.tags or [])
-        )
+        claimed = _claimed(session, chosen, attempt)
     if chosen != job_id:
         log.info("Job %s: its turn went to %s (fair order between owners)", job_id, chosen)
     if republish:
@@ -108,8 +107,15 @@ def claim_exact(
         attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
         if attempt is None:
             return None
-        job = store.get_job(session, job_id)
-        return Claimed(job_id, attempt, job.endpoint, job.model, job.request, list(job.tags or []))
+        return _claimed(session, job_id, attempt)
+
+
+def _claimed(session: Session, job_id: str, attempt: int) -> Claimed:
+    """What running the claimed job needs, in one query (not the whole row and its runs)."""
+    endpoint, model, request, tags = session.execute(
+        select(Job.endpoint, Job.model, Job.request, Job.tags).where(Job.id == job_id)
+    ).one()
+    return Claimed(job_id, attempt, endpoint, model, request, list(tags or []))
 
 
 def _republish(sessions, job_id: str, model: str, publish: Publish | None) -> None:
@@ -246,17 +252,13 @@ def store_outcome(
     seconds: float,
     patience: float = STORE_PATIENCE_SECONDS,
 ) -> str:
-    """Write the outcome in one transaction; returns the job's new status, or 'superseded'
-    (``canceled`` if a cancel asked for since the last look would be overwritten by a finish)."""
+    """Write the outcome in one transaction; returns the job's new status, or 'superseded'.
+    The write itself looks for a cancel: asked for since the last look, it wins (``canceled``)."""
 
     def write() -> str:
         with sessions.begin() as session:
-            if losses is not None:
-                return recovery.finish_unless_canceled(
-                    session, job_id, attempt, outcome, losses, seconds
-                )
-            ok = store.fail_job(session, job_id, attempt, outcome)
-            return "failed" if ok else "superseded"
+            args = (session, job_id, attempt, outcome, losses, seconds)
+            return recovery.store_unless_canceled(*args)
 
     return with_db_retry(write, patience)
 
@@ -342,9 +344,7 @@ def run_claimed(
         outcome, losses, seconds = _compute(
             job.endpoint, job.request, job.model, model, runner, limits, watch
         )
-        stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
-        if stopped:
-            return stopped
+        # the store is the last stage boundary: it looks for a cancel in its own UPDATE
         status = store_outcome(
             sessions, job_id, job.attempt, outcome, losses, seconds, limits.store_patience
         )

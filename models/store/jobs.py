@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Float, and_, case, cast, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.store.lifecycle import JobStatus
@@ -171,7 +171,7 @@ def claim_job(
     )
     if max_attempts is not None:
         claimable = and_(claimable, Job.attempts < max_attempts)
-    result = session.execute(
+    claimed = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable)
         .values(
@@ -181,11 +181,10 @@ def claim_job(
             started_at=now,
             heartbeat_at=now,
         )
+        .returning(Job.attempts)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
-        return None
-    return session.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one()
+    return claimed.scalar_one_or_none()  # one round trip: the new attempt, or None
 
 
 def _held(job_id: str, attempt: int):
@@ -213,7 +212,7 @@ def finish_job(
     unless_canceled: bool = False,
 ) -> bool:
     """Store the response and mark the job ``finished``; False if the attempt was superseded
-    (or, ``unless_canceled``, if a cancel was asked for: ``recovery.finish_unless_canceled``)."""
+    (or, ``unless_canceled``, if a cancel was asked for: ``recovery.store_unless_canceled``)."""
     encoded = response_text.encode("utf-8")
     compressed = zlib.compress(encoded, COMPRESSION_LEVEL)
     now = utcnow()
@@ -236,20 +235,27 @@ def finish_job(
     )
     if result.rowcount != 1:
         return False
-    for index, loss in enumerate(losses):
+    if losses:  # every run's loss in one statement
         session.execute(
             update(Run)
-            .where(Run.job_id == job_id, Run.index == index)
-            .values(loss=loss)
+            .where(Run.job_id == job_id, Run.index < len(losses))
+            .values(loss=cast(case(dict(enumerate(losses)), value=Run.index), Float))
             .execution_options(synchronize_session=False)
         )
     return True
 
 
-def fail_job(session: Session, job_id: str, attempt: int | None, error: dict[str, Any]) -> bool:
+def fail_job(
+    session: Session,
+    job_id: str,
+    attempt: int | None,
+    error: dict[str, Any],
+    unless_canceled: bool = False,
+) -> bool:
     """Store a structured error and mark the job ``failed``.
 
-    With ``attempt`` None the job is failed whatever its pending state (used before any claim).
+    With ``attempt`` None the job is failed whatever its pending state (used before any claim);
+    ``unless_canceled`` as for ``finish_job``.
     """
     conditions = (
         _held(job_id, attempt)
@@ -259,6 +265,8 @@ def fail_job(session: Session, job_id: str, attempt: int | None, error: dict[str
             Job.status.in_([s.value for s in (JobStatus.QUEUED, JobStatus.STARTED)]),
         )
     )
+    if unless_canceled:
+        conditions = (*conditions, Job.cancel_requested_at.is_(None))
     now = utcnow()
     result = session.execute(
         update(Job)

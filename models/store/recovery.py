@@ -251,14 +251,19 @@ def cancel_requested(session: Session, job_id: str, attempt: int) -> bool:
     return session.execute(query).first() is not None
 
 
-def finish_unless_canceled(
-    session: Session, job_id: str, attempt: int, text: str, losses: list, seconds: float | None
+def store_unless_canceled(
+    session: Session, job_id: str, attempt: int, outcome, losses: list | None, seconds: float
 ) -> str:
-    """Store a finished job's response unless a cancel was asked for, looked at in the same
-    UPDATE (so a cancel that arrives after the worker's last look at a stage boundary is not
-    overwritten by a finish): ``finished``, ``canceled`` or ``superseded``."""
-    if jobs.finish_job(session, job_id, attempt, text, losses, seconds, unless_canceled=True):
-        return JobStatus.FINISHED.value
+    """Store a job's outcome (its response text with ``losses``, or with ``losses`` None its
+    error record) unless a cancel was asked for, which the same UPDATE looks at, so a cancel
+    that arrives after the worker's last look is never overwritten by the outcome; the job's
+    status then, ``canceled``, or ``superseded`` (the attempt no longer holds the job)."""
+    if losses is not None:
+        stored = jobs.finish_job(session, job_id, attempt, outcome, losses, seconds, True)
+    else:
+        stored = jobs.fail_job(session, job_id, attempt, outcome, unless_canceled=True)
+    if stored:
+        return JobStatus.FINISHED.value if losses is not None else JobStatus.FAILED.value
     if cancel_held(session, job_id, attempt):
         return JobStatus.CANCELED.value
     return "superseded"
