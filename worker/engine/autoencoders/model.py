@@ -78,7 +78,18 @@ class AutoencoderLayer:
         return torch.relu(pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.encode_pre_act(x))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.activate(self.encode_pre_act(x))
+        # nothing to differentiate: bias and ReLU in place on the product, no [T, m] copies
+        if self.subtract_pre_bias:
+            x = x - self.pre_bias
+        pre = (x @ self.w_enc.T).add_(self.latent_bias)
+        if self.activation == "relu":
+            return pre.relu_()
+        if self.activation == "jumprelu":
+            above = pre > self.threshold
+            return pre.relu_().mul_(above)
+        return self.activate(pre)
 
     def encode_one(self, x: torch.Tensor, j: int) -> torch.Tensor:
         """encode(x)[..., j], reading only encoder row j unless the activation (TopK) couples
