@@ -135,3 +135,51 @@ def test_the_section_3_9_dsts_tdb_crashes_on_are_unsupported_naming_dst(dst, gol
         engine.run("derived_scalars", request, model)
     assert refused.value.status == 422
     assert refused.value.path.endswith("dst")
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_an_ablated_layers_sparse_graph_gives_the_dense_graphs_values_and_gradients(activation):
+    """TDB's whole graph with an ablated latent, ``decode(hook(z)) + x − decode(z)``: computed over
+    the active latents (sparse decodes, the encoder's sparse backward), the output, the gradient
+    reaching x and the latents' gradient where they or z are nonzero are the dense graph's."""
+    from worker.engine.autoencoders import AutoencoderLayer
+    from worker.engine.hooks import overwrite
+
+    g = torch.Generator().manual_seed(6)
+    n, m = 24, 400
+    part = AutoencoderLayer(
+        torch.randn(n, generator=g) * 0.1,
+        torch.randn(m, n, generator=g) / n**0.5,
+        torch.full((m,), -1.6),  # a few % of latents active
+        torch.randn(n, m, generator=g),
+        activation,
+        k=8,
+        threshold=torch.full((m,), 0.05),
+    )
+    x0 = torch.randn(2, 5, n, generator=g)
+    grad_out = torch.randn(2, 5, n, generator=g)
+    rows = part.decoder_rows
+
+    def graph(sparse_products: bool):
+        x = x0.clone().requires_grad_(True)
+        z = sparse.encode_differentiable(part, x) if sparse_products else part.encode(x)
+        active = torch.nonzero(z[0, 2] > 0).flatten()
+        latents = overwrite(z, (0, 2, int(active[0])), 0.0)  # an active latent ablated
+        latents = overwrite(latents, (1, 3, int(torch.nonzero(z[1, 3] == 0)[0])), 0.7)
+        latents.retain_grad()
+        if sparse_products:
+            needed = (latents != 0) | (z != 0)
+            out = sparse.decode_differentiable(latents, rows, needed) + part.pre_bias
+            out = out + (x - (sparse.decode_differentiable(z, rows) + part.pre_bias))
+        else:
+            out = part.decode(latents) + (x - part.decode(z))
+        out.backward(grad_out)
+        return out.detach(), x.grad, latents.grad, ((latents != 0) | (z != 0)).detach()
+
+    assert sparse.is_sparse_enough(part.encode(x0))
+    out, x_grad, latent_grad, needed = graph(True)
+    dense_out, dense_x_grad, dense_latent_grad, _ = graph(False)
+    assert torch.allclose(out, dense_out, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(x_grad, dense_x_grad, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(x_grad, grad_out)  # the ablation's gradient did reach the encoder
+    assert torch.allclose(latent_grad * needed, dense_latent_grad * needed, rtol=1e-4, atol=1e-5)

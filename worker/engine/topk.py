@@ -36,20 +36,47 @@ CHUNK = 4096
 
 
 def fast_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.topk` of a long 1-D tensor, an order of magnitude faster on CPU for small k: the
-    k best of each chunk first (parallel over chunks), then the k best of those."""
+    """`torch.topk` of a long 1-D tensor, an order of magnitude faster on CPU for small k: each
+    chunk's extreme first (one pass, vectorised), then the k best of only the chunks that can
+    hold them (``_chunks_holding_best``), or of every chunk when that cannot be told."""
     n = values.numel()
     if n <= 16 * CHUNK or k > CHUNK:
         return torch.topk(values, k, largest=largest)
     fill = float("-inf") if largest else float("inf")
-    padded = torch.cat([values, values.new_full(((-n) % CHUNK,), fill)])
-    chunk_values, chunk_indices = torch.topk(padded.view(-1, CHUNK), k, dim=1, largest=largest)
-    offsets = torch.arange(0, padded.numel(), CHUNK, device=values.device)[:, None]
+    pad = (-n) % CHUNK
+    padded = torch.cat([values, values.new_full((pad,), fill)]) if pad else values.contiguous()
+    rows = padded.view(-1, CHUNK)
+    picked = _chunks_holding_best(rows, k, largest)
+    if picked is None:
+        chunk_values, chunk_indices = torch.topk(rows, k, dim=1, largest=largest)
+        offsets = torch.arange(0, padded.numel(), CHUNK, device=values.device)[:, None]
+    else:
+        chunk_values, chunk_indices = torch.topk(rows[picked], k, dim=1, largest=largest)
+        offsets = (picked * CHUNK)[:, None]
     best_values, best = torch.topk(chunk_values.flatten(), k, largest=largest)
     indices = (chunk_indices + offsets).flatten()[best]
     if bool((indices >= n).any()):  # the padding tied with real ±inf values: be exact instead
         return torch.topk(values, k, largest=largest)
     return best_values, indices
+
+
+def _chunks_holding_best(rows: torch.Tensor, k: int, largest: bool) -> torch.Tensor | None:
+    """Chunk numbers (ascending) among which the k best values of ``rows`` all are, at most
+    2k - 1 of them; None when there is no gain (few chunks, NaNs).
+
+    With τ the k-th best chunk extreme, the k-th best value is at least as good as τ (k chunks
+    reach τ), so every value as good as it lies in a chunk whose extreme is as good as τ: the
+    chunks strictly better than τ (fewer than k) and, of those that reach τ exactly, k (each
+    holds a τ: enough of them for the ties, as good as any others)."""
+    if 2 * k >= rows.shape[0]:
+        return None
+    extremes = rows.amax(dim=1) if largest else rows.amin(dim=1)
+    if bool(torch.isnan(extremes).any()):
+        return None
+    tau = torch.topk(extremes, k, largest=largest).values[-1]
+    better = torch.nonzero(extremes > tau if largest else extremes < tau).flatten()
+    reaching = torch.nonzero(extremes == tau).flatten()[:k]
+    return torch.cat([better, reaching]).sort().values
 
 
 def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
@@ -63,11 +90,28 @@ def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
         if bool(top_values[k] != threshold):  # no tie across the boundary: topk chose the set
             candidates = top_indices[:k].sort().values
         else:
-            beyond = torch.nonzero(values > threshold if largest else values < threshold).flatten()
-            ties = torch.nonzero(values == threshold).flatten()[: k - beyond.numel()]
+            # the values strictly beyond the threshold are fewer than k: all among the k + 1
+            beyond = top_indices[top_values > threshold if largest else top_values < threshold]
+            ties = first_equal(values, threshold, k - beyond.numel())
             candidates = torch.cat([beyond, ties]).sort().values
     order = torch.sort(values[candidates], descending=largest, stable=True).indices
     return candidates[order]
+
+
+TIE_CHUNK = 1 << 16
+
+
+def first_equal(values: torch.Tensor, value, count: int) -> torch.Tensor:
+    """The first ``count`` indices where ``values == value``, ascending, scanned chunk by chunk:
+    the ties are often a long run (the zeros of 8M inactive latents) that need not be listed."""
+    found, total = [], 0
+    for start in range(0, values.numel(), TIE_CHUNK):
+        if total >= count:
+            break
+        hits = torch.nonzero(values[start : start + TIE_CHUNK] == value).flatten()
+        found.append(hits[: count - total] + start)
+        total += found[-1].numel()
+    return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=values.device)
 
 
 def _sliced(tensor: torch.Tensor, token_index: int | None) -> torch.Tensor:
@@ -80,17 +124,21 @@ def select_dst(
     dst: DstTensors, k: int | None, largest: bool, token_index: int | None, flat=None
 ) -> Selection:
     """The k extreme nodes of one DST; ``flat`` is its layers' values flattened, when the caller
-    already has them (both directions of a group read the same, e.g. 8M latent values)."""
+    already has them; otherwise the layers are ranked where they are (``select_layered``)."""
     layers = list(dst.forward)
     tensors = [_sliced(dst.forward[layer], token_index) for layer in layers]
+    parts = [t.reshape(-1) for t in tensors]
+    n = sum(part.numel() for part in parts)
+    count = n if k is None else min(k, n)
     if flat is None:
-        flat = flat_values(dst, token_index)
-    count = flat.numel() if k is None else min(k, flat.numel())
-    chosen = select_indices(flat, count, largest).tolist()
+        chosen_t, values_t = select_layered(parts, count, largest)
+    else:
+        chosen_t = select_indices(flat, count, largest)
+        values_t = flat[chosen_t]
+    chosen, picked_values = chosen_t.tolist(), values_t.tolist()
     offsets = [0]
     for t in tensors:
         offsets.append(offsets[-1] + t.numel())
-    picked_values = flat[chosen].tolist() if chosen else []
     out = Selection()
     for flat_index, value in zip(chosen, picked_values, strict=True):
         pos = _bisect(offsets, flat_index)
@@ -103,10 +151,46 @@ def select_dst(
     return out
 
 
-def flat_values(dst: DstTensors, token_index: int | None) -> torch.Tensor:
-    return torch.cat(
-        [_sliced(dst.forward[layer], token_index).reshape(-1) for layer in dst.forward]
-    )
+def select_layered(parts: list[torch.Tensor], k: int, largest: bool):
+    """``select_indices`` of the 1-D ``parts`` end to end (flat indices, and their values),
+    without building that concatenation (8M values per latent DST): the k + 1 best of all are
+    among each part's own k + 1 best (any other value has k + 1 at least as good in its part),
+    and ties across the boundary are scanned part by part, in order."""
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + part.numel())
+    if len(parts) == 1 or k + 1 >= offsets[-1] or (k + 1) * len(parts) >= offsets[-1]:
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+        chosen = select_indices(flat, k, largest)
+        return chosen, flat[chosen]
+    values, indices = [], []
+    for part, offset in zip(parts, offsets, strict=False):
+        if part.numel() <= k + 1:
+            values.append(part)
+            indices.append(torch.arange(part.numel(), device=part.device) + offset)
+        else:
+            part_values, part_indices = fast_topk(part, k + 1, largest)
+            values.append(part_values)
+            indices.append(part_indices + offset)
+    indices_t = torch.cat(indices)
+    by_index = indices_t.argsort()
+    values_t, indices_t = torch.cat(values)[by_index], indices_t[by_index]
+    best = select_indices(values_t, k + 1, largest)  # by (value, flat index)
+    top_values, top_indices = values_t[best], indices_t[best]
+    threshold = top_values[k - 1]
+    if bool(top_values[k] != threshold):  # no tie across the boundary
+        return top_indices[:k], top_values[:k]
+    beyond = top_values > threshold if largest else top_values < threshold
+    chosen, chosen_values = [top_indices[beyond]], [top_values[beyond]]
+    wanted = k - int(beyond.sum())
+    for part, offset in zip(parts, offsets, strict=False):
+        if wanted <= 0:
+            break
+        ties = first_equal(part, threshold, wanted)
+        chosen.append(ties + offset)
+        chosen_values.append(part[ties])
+        wanted -= ties.numel()
+    return torch.cat(chosen), torch.cat(chosen_values)
 
 
 def _bisect(offsets: list[int], flat_index: int) -> int:
@@ -132,13 +216,9 @@ def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -
     """Top list then bottom list of one group, each ordered by descending value (§5.5.2)."""
     if k is None:
         k = sum(sum(_sliced(t, token_index).numel() for t in d.forward.values()) for d in dsts)
-    selections = []
-    for dst in dsts:  # each DST flattened once for both directions
-        flat = flat_values(dst, token_index)
-        selections.append(
-            [select_dst(dst, k, largest, token_index, flat) for largest in (True, False)]
-        )
-        del flat
+    selections = [
+        [select_dst(dst, k, largest, token_index) for largest in (True, False)] for dst in dsts
+    ]
     nodes: list[Node] = []
     for direction in (0, 1):
         values: list[float] = []

@@ -20,7 +20,7 @@ import torch
 
 from ..hooks import Hooks
 from .model import Autoencoder, AutoencoderLayer
-from .sparse import decode_active, through_latents
+from .sparse import decode_active, decode_differentiable, encode_differentiable, through_latents
 
 
 def install(hooks: Hooks, autoencoders: list[Autoencoder]) -> None:
@@ -49,9 +49,9 @@ def _substitution(ae: Autoencoder, part: AutoencoderLayer, layer: int):
             return _whole_graph(ae, part, layer, x, hooks)
         with torch.no_grad():
             z = part.encode(x)
-        latents = z.clone()
+        latents = z  # a fresh tensor: the hooks copy before they change it (hooks.overwrite)
         if x.requires_grad:
-            latents.requires_grad_(True)
+            latents = z.detach().requires_grad_(True)
         latents = hooks.point(ae.latent_point, layer, latents)
         rows = part.decoder_rows
         if not _observed(hooks, error_key):
@@ -65,11 +65,23 @@ def _substitution(ae: Autoencoder, part: AutoencoderLayer, layer: int):
 
 
 def _whole_graph(ae, part: AutoencoderLayer, layer: int, x: torch.Tensor, hooks: Hooks):
-    """TDB's graph as it is: an ablated latent's gradient no longer cancels through the encoder."""
-    z = part.encode(x)
+    """TDB's graph as it is: an ablated latent's gradient no longer cancels through the encoder.
+    Its products run over the active latents (``autoencoders.sparse``): the latents an ablation
+    set, or zeroed, are differentiated too."""
+    if part.activation == "identity":  # every latent's encoder derivative is 1: dense
+        z = part.encode(x)
+        latents = z.clone()
+        if x.requires_grad and not latents.requires_grad:
+            latents.requires_grad_(True)
+        latents = hooks.point(ae.latent_point, layer, latents)
+        error = hooks.point(ae.error_point, layer, x - part.decode(z))
+        return part.decode(latents) + error
+    rows = part.decoder_rows
+    z = encode_differentiable(part, x)
     latents = z.clone()
     if x.requires_grad and not latents.requires_grad:
         latents.requires_grad_(True)
     latents = hooks.point(ae.latent_point, layer, latents)
-    error = hooks.point(ae.error_point, layer, x - part.decode(z))
-    return part.decode(latents) + error
+    error = hooks.point(ae.error_point, layer, x - (decode_differentiable(z, rows) + part.pre_bias))
+    needed = (latents != 0) | (z != 0)
+    return decode_differentiable(latents, rows, needed) + part.pre_bias + error

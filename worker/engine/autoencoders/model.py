@@ -78,7 +78,18 @@ class AutoencoderLayer:
         return torch.relu(pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.encode_pre_act(x))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.activate(self.encode_pre_act(x))
+        # nothing to differentiate: bias and ReLU in place on the product, no [T, m] copies
+        if self.subtract_pre_bias:
+            x = x - self.pre_bias
+        pre = (x @ self.w_enc.T).add_(self.latent_bias)
+        if self.activation == "relu":
+            return pre.relu_()
+        if self.activation == "jumprelu":
+            above = pre > self.threshold
+            return pre.relu_().mul_(above)
+        return self.activate(pre)
 
     def encode_one(self, x: torch.Tensor, j: int) -> torch.Tensor:
         """encode(x)[..., j], reading only encoder row j unless the activation (TopK) couples
@@ -201,8 +212,7 @@ class Autoencoder:
     def times_write_norms(self, layer: int, z: torch.Tensor, w_out: torch.Tensor | None):
         """z[t, j] · ‖W_write[j]‖ ([T, m]); only the norms of latents active somewhere in z are
         needed (0 · ‖W_write[j]‖ is 0)."""
-        active = torch.nonzero((z != 0).reshape(-1, z.shape[-1]).any(dim=0)).flatten()
-        return z * self.write_norms(layer, w_out, active)
+        return z * self.write_norms(layer, w_out, active_latents(z))
 
     def project_on_active_writes(self, layer: int, g: torch.Tensor, z: torch.Tensor, w_out):
         """z ⊙ (g W_writeᵀ) for g, z [R, d], [R, m]: each row's active latents only, as
@@ -211,11 +221,20 @@ class Autoencoder:
             g = g @ w_out.T
         rows = self.layers[layer].decoder_rows
         out = torch.zeros_like(z)
-        active = torch.nonzero((z != 0).any(dim=0)).flatten()
+        active = active_latents(z)
         for start in range(0, active.numel(), CHUNK):
             cols = active[start : start + CHUNK]
             out[:, cols] = z[:, cols] * (g @ rows.index_select(0, cols).T)
         return out
+
+
+def active_latents(z: torch.Tensor) -> torch.Tensor:
+    """The latents nonzero at some token of z [..., m], ascending (``|z|``'s column maximum:
+    a float reduction, several times faster on CPU than ``(z != 0).any(dim=0)``)."""
+    z2 = z.reshape(-1, z.shape[-1])
+    if z2.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=z.device)
+    return torch.nonzero(z2.abs().amax(dim=0) != 0).flatten()
 
 
 CHUNK = 4096

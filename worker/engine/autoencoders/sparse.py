@@ -42,16 +42,30 @@ def decode_active(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def grad_at_active(z: torch.Tensor, grad_out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``∇z = ∇out W_dec`` where z is nonzero, 0 elsewhere ([..., m], dense)."""
+    """``∇z = ∇out W_dec`` where z is nonzero (z may be a mask), 0 elsewhere ([..., m], dense).
+
+    The sampled product runs latent by latent (the mask's transpose in CSR): each active
+    latent's decoder row is read once, in order, against the few gradient rows of the tokens
+    where it is active (those stay in cache), rather than once per (token, latent) pair."""
     z2 = z.reshape(-1, z.shape[-1])
     g2 = grad_out.reshape(-1, grad_out.shape[-1])
-    if not is_sparse_enough(z2):
+    latent, token = torch.nonzero(z2.T, as_tuple=True)  # latent-major, tokens ascending
+    if z2.numel() == 0 or latent.numel() > DENSE_ABOVE * z2.numel():
         return ((g2 @ rows.T) * (z2 != 0)).reshape(z.shape)
-    mask = _csr((z2 != 0).to(g2.dtype))
-    with warnings.catch_warnings():
+    crow = torch.zeros(z2.shape[1] + 1, dtype=torch.int64, device=z2.device)
+    crow[1:] = torch.bincount(latent, minlength=z2.shape[1]).cumsum(0)
+    with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support")
-        picked = torch.sparse.sampled_addmm(mask, g2, rows.T, beta=0.0)
-        out = picked.to_dense()
+        mask = torch.sparse_csr_tensor(
+            crow,
+            token,
+            torch.ones_like(token, dtype=g2.dtype),
+            (z2.shape[1], z2.shape[0]),
+            check_invariants=False,  # built from nonzero(): sorted, in range
+        )
+        picked = torch.sparse.sampled_addmm(mask, rows, g2.T, beta=0.0).values()
+    out = torch.zeros_like(z2, dtype=g2.dtype)
+    out[token, latent] = picked
     return out.reshape(z.shape)
 
 
@@ -78,3 +92,54 @@ def through_latents(base: torch.Tensor, latents: torch.Tensor, rows: torch.Tenso
     if not (base.requires_grad or latents.requires_grad):
         return base
     return _ThroughLatents.apply(base, latents, rows)
+
+
+# -- a layer whose latents are ablated: TDB's whole graph, over the active latents ----------------
+
+
+class _DecodeActive(torch.autograd.Function):
+    """``z W_decᵀ`` (no bias) over z's nonzeros; the backward gives z ``∇out W_dec`` where
+    ``needed`` is nonzero (z's own nonzeros, or more), 0 elsewhere."""
+
+    @staticmethod
+    def forward(ctx, z, rows, needed):
+        ctx.save_for_backward(needed, rows)
+        return decode_active(z.detach(), rows)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        needed, rows = ctx.saved_tensors
+        return grad_at_active(needed, grad_out, rows), None, None
+
+
+def decode_differentiable(z: torch.Tensor, rows: torch.Tensor, needed=None) -> torch.Tensor:
+    """``decode(z)`` without its bias, differentiable at the ``needed`` latents (z's nonzeros
+    unless told): where a latent is 0 and no ablation set it, its gradient meets an encoder
+    derivative of 0 (ReLU, JumpReLU, TopK), and ``z · ∇z`` reads it multiplied by 0."""
+    needed = (z != 0) if needed is None else needed
+    return _DecodeActive.apply(z, rows, needed.detach())
+
+
+class _EncodeActive(torch.autograd.Function):
+    """``encode(x)`` for a ReLU, JumpReLU or TopK AE; the backward is ``(∇z ⊙ [z > 0]) W_enc``,
+    a sparse-row product over the active latents (their derivative is 1, the others' 0)."""
+
+    @staticmethod
+    def forward(ctx, x, part):
+        z = part.encode(x.detach())
+        ctx.save_for_backward(z, part.w_enc)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        z, w_enc = ctx.saved_tensors
+        grad_pre = grad_z * (z > 0)
+        return decode_active(grad_pre, w_enc), None
+
+
+def encode_differentiable(part, x: torch.Tensor) -> torch.Tensor:
+    """``part.encode(x)`` whose gradient reads only the active latents' encoder rows; an
+    Identity AE (every latent's derivative 1) keeps autograd's dense graph."""
+    if part.activation == "identity" or not x.requires_grad:
+        return part.encode(x)
+    return _EncodeActive.apply(x, part)
