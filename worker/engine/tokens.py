@@ -66,15 +66,10 @@ def write_projection(view: ElementView, node: Node, path: str | None = None) -> 
             )
         q, k, h = idx
         coef = float(view.fwd("attn.qk_probs", layer)[q, k, h])
-        k_pos = k % view.T
-        return Projection(
-            ("attn", view.row, layer, k_pos, h), coef, lambda: view.vo(layer)[k_pos, h]
-        )
+        # keyed by its bytes: the points of a sweep share it below their ablation
+        return _by_content(coef, view.vo(layer)[k % view.T, h])
     if node_type == "layer" and layer is None:
-        t_pos = idx[0] % view.T
-        return Projection(
-            ("embedding", view.row, t_pos), 1.0, lambda: view.fwd("resid.post_emb", None)[t_pos]
-        )
+        return _by_content(1.0, view.fwd("resid.post_emb", None)[idx[0] % view.T])
     if node_type in LATENT_NODE_TYPES:
         return latent_write_projection(view, node, path)
     raise RequestValidationError(f"nodes of type {node_type} have no token write vector", path)
@@ -122,8 +117,7 @@ def _gated_read(weights: ModelWeights, layer: int, r: torch.Tensor, i: int) -> t
 
 SCORING_ROWS = 16  # fewer direction rows in one product round differently (MKL's small-M paths)
 MAX_SCORING_ROWS = 64  # and no product wider than the shapes measured
-# direction keys that name the same vector in every batch (the weights fix it, or its bytes do);
-# the others ("attn", "embedding") name a row of one pass
+# direction keys that name the same vector in every batch (the weights fix it, or its bytes do)
 SHAREABLE_KEYS = frozenset({"mlp", "read", "content", "ae-write", "ae-read"})
 
 
