@@ -80,17 +80,17 @@ def select_dst(
     dst: DstTensors, k: int | None, largest: bool, token_index: int | None, flat=None
 ) -> Selection:
     """The k extreme nodes of one DST; ``flat`` is its layers' values flattened, when the caller
-    already has them (both directions of a group read the same, e.g. 8M latent values)."""
+    already has them (otherwise only a tie across the k-th value concatenates them)."""
     layers = list(dst.forward)
     tensors = [_sliced(dst.forward[layer], token_index) for layer in layers]
-    if flat is None:
-        flat = flat_values(dst, token_index)
-    count = flat.numel() if k is None else min(k, flat.numel())
-    chosen = select_indices(flat, count, largest).tolist()
+    n = sum(t.numel() for t in tensors)
+    count = n if k is None else min(k, n)
+    chosen_tensor, picked = layered_select([t.reshape(-1) for t in tensors], count, largest, flat)
+    chosen = chosen_tensor.tolist()
     offsets = [0]
     for t in tensors:
         offsets.append(offsets[-1] + t.numel())
-    picked_values = flat[chosen].tolist() if chosen else []
+    picked_values = picked.tolist() if chosen else []
     out = Selection()
     for flat_index, value in zip(chosen, picked_values, strict=True):
         pos = _bisect(offsets, flat_index)
@@ -103,10 +103,33 @@ def select_dst(
     return out
 
 
-def flat_values(dst: DstTensors, token_index: int | None) -> torch.Tensor:
-    return torch.cat(
-        [_sliced(dst.forward[layer], token_index).reshape(-1) for layer in dst.forward]
-    )
+def layered_select(
+    parts: list[torch.Tensor], k: int, largest: bool, flat: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_indices` over the concatenation of the 1-D ``parts`` (indices into it, and their
+    values) without making it: the k+1 extreme of each part, then of those. Only a tie across
+    the k-th value reads the whole concatenation (``flat``, or one made here). A sweep ranks
+    every DST of every point: the concatenation was a copy of each DST's values per point."""
+    n = sum(part.numel() for part in parts)
+    if 0 < k < n:
+        values, indices, offset = [], [], 0
+        for part in parts:
+            if part.numel():
+                v, i = fast_topk(part, min(k + 1, part.numel()), largest)
+                values.append(v)
+                indices.append(i + offset)
+            offset += part.numel()
+        candidates = torch.cat(values)
+        top_values, position = torch.topk(candidates, k + 1, largest=largest)
+        if bool(top_values[k] != top_values[k - 1]):  # no tie across the boundary
+            by_index, perm = torch.cat(indices)[position[:k]].sort()
+            chosen_values = top_values[:k][perm]
+            order = torch.sort(chosen_values, descending=largest, stable=True).indices
+            return by_index[order], chosen_values[order]
+    if flat is None:
+        flat = torch.cat(parts) if parts else torch.zeros(0)
+    chosen = select_indices(flat, k, largest)
+    return chosen, flat[chosen]
 
 
 def _bisect(offsets: list[int], flat_index: int) -> int:
@@ -132,13 +155,9 @@ def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -
     """Top list then bottom list of one group, each ordered by descending value (§5.5.2)."""
     if k is None:
         k = sum(sum(_sliced(t, token_index).numel() for t in d.forward.values()) for d in dsts)
-    selections = []
-    for dst in dsts:  # each DST flattened once for both directions
-        flat = flat_values(dst, token_index)
-        selections.append(
-            [select_dst(dst, k, largest, token_index, flat) for largest in (True, False)]
-        )
-        del flat
+    selections = [
+        [select_dst(dst, k, largest, token_index) for largest in (True, False)] for dst in dsts
+    ]
     nodes: list[Node] = []
     for direction in (0, 1):
         values: list[float] = []
