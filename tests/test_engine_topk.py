@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.engine.topk import fast_topk, select_indices
+from worker.engine.topk import fast_topk, select_layered, select_indices
 
 
 @pytest.mark.parametrize("n", [1_000, 70_000, 300_001])
@@ -32,3 +32,23 @@ def test_select_indices_breaks_ties_by_position():
     assert select_indices(values, 3, largest=True).tolist() == [1, 3, 4]
     assert select_indices(values, 3, largest=False).tolist() == [0, 2, 5]
     assert select_indices(values, 7, largest=False).tolist() == [0, 2, 5, 6, 4, 1, 3]
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("k", [0, 1, 3, 7, 40, 200])
+@pytest.mark.parametrize("values", ["distinct", "ties", "zeros"])
+def test_layered_select_is_select_indices_of_the_concatenation(largest, k, values):
+    torch.manual_seed(k)
+    sizes = [13, 0, 70000, 1, 57]
+    if values == "distinct":
+        parts = [torch.randn(n) for n in sizes]
+    elif values == "ties":  # few distinct values: ties across the k-th boundary and within
+        parts = [torch.randint(-3, 4, (n,)).float() for n in sizes]
+    else:
+        parts = [torch.zeros(n) for n in sizes]
+    flat = torch.cat(parts)
+    count = min(k, flat.numel())
+    chosen, picked = select_layered(parts, count, largest)
+    expected = select_indices(flat, count, largest)
+    assert chosen.tolist() == expected.tolist()
+    assert picked.tolist() == flat[expected].tolist()

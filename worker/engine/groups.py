@@ -13,6 +13,10 @@ than 16 keys round differently with the width. `inference.compute_width` pads ev
 or shared) to shapes where neither happens; tests/test_engine_groups.py checks every golden case
 alone against the same case in mixed packs, byte for byte.
 
+Work that does not depend on the rows is done once for all groups: the token scores of
+directions the weights fix (an MLP neuron's write and read), in products whose shape keeps each
+row's bits (`tokens.scored_in_blocks`).
+
 What a group's answer may still not share with its solo run: `inferenceTime` and the memory
 fields, which describe the pass that computed it (the pack's).
 """
@@ -91,8 +95,9 @@ def settle_groups(
             planned.append(_plan_group(i, group, group_paths, model))
         except ActqError as error:
             settle(i, error)
+    scores: dict = {}  # directions every group may share (tokens.SHAREABLE_KEYS), scored once
     for pack in packs(planned, model, max_rows_per_pass):
-        _settle_pack(pack, model, settle)
+        _settle_pack(pack, model, settle, scores)
     return outcomes
 
 
@@ -143,25 +148,27 @@ def packs(planned: list[_Group], model, max_rows: int | None = None) -> list[lis
     return out
 
 
-def _settle_pack(pack: list[_Group], model, settle) -> None:
+def _settle_pack(pack: list[_Group], model, settle, scores: dict) -> None:
     try:
-        answers = answer_pack(pack, model)
+        answers = answer_pack(pack, model, scores)
     except ActqError as error:
         if len(pack) == 1:
             settle(pack[0].index, error)
             return
         for group in pack:  # which group the pass refused is unknown: each runs alone
-            _settle_pack([group], model, settle)
+            _settle_pack([group], model, settle, scores)
         return
     for group, answer in zip(pack, answers, strict=True):
         settle(group.index, answer)
 
 
-def answer_pack(pack: list[_Group], model) -> list[dict | ActqError]:
+def answer_pack(pack: list[_Group], model, scores: dict | None = None) -> list[dict | ActqError]:
     """Run one shared pass for ``pack`` and answer each group from its own rows.
 
     A group whose answer the engine refuses (a spec its values cannot serve) gets its error; a
-    refusal of the pass itself raises."""
+    refusal of the pass itself raises. ``scores``: token scores of shareable directions, kept
+    for later packs."""
+    scores = {} if scores is None else scores
     plans = [pl for group in pack for pl in group.plans]
     save_forward = set().union(*(g.save_forward for g in pack))
     save_grad = set().union(*(g.save_grad for g in pack if g.backward))
@@ -181,16 +188,19 @@ def answer_pack(pack: list[_Group], model) -> list[dict | ActqError]:
     first = 0
     for group in pack:
         try:
-            answers.append(_answer_group(group, first, result, model))
+            answers.append(_answer_group(group, first, result, model, scores))
         except ActqError as error:
             answers.append(error)
         first += len(group.plans)
     return answers
 
 
-def _answer_group(group: _Group, first: int, result, model) -> dict:
-    # a scorer of its own: shared, it would score other groups' directions in the same product
-    scorer = TokenScorer(model.weights, model.excluded_ids, model.tokenizer.decode_token)
+def _answer_group(group: _Group, first: int, result, model, scores: dict) -> dict:
+    # a scorer of its own for the directions of its rows; those the weights (or their bytes) fix
+    # come from ``scores``, whose bits do not depend on which group scored them (tokens.py)
+    scorer = TokenScorer(
+        model.weights, model.excluded_ids, model.tokenizer.decode_token, shared=scores
+    )
     hooks = _group_hooks(result.hooks, group)
     views = [
         ElementView(

@@ -142,13 +142,16 @@ def run_pass(
     start = time.perf_counter()
     with torch.set_grad_enabled(needs_backward):
         logits = forward(weights, tokens, pad, hooks, needs_grad=needs_backward)
+        rows = _Rows()
         losses, traced, seeds = [], [], []
         for row, plan in enumerate(plans):
             padded = widths[row]
-            loss = plan.loss(logits[row, :padded]) if plan.loss is not None else None
+            loss = plan.loss(rows.of(logits, row)[:padded]) if plan.loss is not None else None
             losses.append(_finite_or_none(loss))
             scalar = (
-                _trace_scalar(weights, plan, row, hooks, padded) if plan.trace is not None else None
+                _trace_scalar(weights, plan, row, hooks, padded, rows)
+                if plan.trace is not None
+                else None
             )
             traced.append(None if scalar is None else float(scalar.detach()))
             seed = scalar if scalar is not None else loss
@@ -163,6 +166,23 @@ def run_pass(
     return PassResult(hooks, lengths, losses, traced, elapsed, memory_before, device, widths)
 
 
+class _Rows:
+    """Each row of a batch tensor as its own autograd view, one ``unbind`` per tensor.
+
+    Indexing ``t[row]`` row by row makes the backward write a zero-filled gradient of the whole
+    batch per row and add them up: for the logits of a shared pass ([rows, T, V]) that is
+    quadratic in the rows, and dominated a sweep's backward. One unbind writes each row's
+    gradient once, the same values (adding exact zeros changed no bit but a zero's sign)."""
+
+    def __init__(self):
+        self._rows: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def of(self, tensor: torch.Tensor, row: int) -> torch.Tensor:
+        if id(tensor) not in self._rows:  # the tensor is kept alongside, so its id stays its own
+            self._rows[id(tensor)] = (tensor, tensor.unbind(0))
+        return self._rows[id(tensor)][1][row]
+
+
 def _finite_or_none(loss: torch.Tensor | None) -> float | None:
     if loss is None:
         return None
@@ -171,16 +191,16 @@ def _finite_or_none(loss: torch.Tensor | None) -> float | None:
 
 
 def _trace_scalar(
-    weights: ModelWeights, plan: ElementPlan, row: int, hooks: Hooks, padded: int
+    weights: ModelWeights, plan: ElementPlan, row: int, hooks: Hooks, padded: int, rows: _Rows
 ) -> torch.Tensor:
     node = plan.trace
-    resid = hooks.attached[node.residual_key][row, :padded]
+    resid = rows.of(hooks.attached[node.residual_key], row)[:padded]
     if node.trace_type != "V":
         return node_scalar(weights, node, resid)
     if node.downstream is not None:
-        down_resid = hooks.saved[node.downstream.residual_key][row, :padded]
+        down_resid = rows.of(hooks.saved[node.downstream.residual_key], row)[:padded]
         g_hat = residual_gradient(weights, node.downstream, down_resid)
     else:
-        xf = hooks.saved[("resid.post_mlp", weights.n_layers - 1)][row, :padded]
+        xf = rows.of(hooks.saved[("resid.post_mlp", weights.n_layers - 1)], row)[:padded]
         g_hat = final_residual_loss_gradient(weights, xf, plan.loss)
     return value_direct_effect(weights, node, resid, g_hat)

@@ -12,6 +12,13 @@ neuron writes along its row of W_out at every token and in every sub-request; it
 is fixed up to the layer-norm scale), so each distinct direction is scored once per batch and the
 node's list is the direction's list scaled by the node's coefficient. A negative coefficient
 swaps the direction's top and bottom lists; a zero one gives an all-zero row.
+
+A direction's scores are the same bits in whatever product computes them: every product has at
+least SCORING_ROWS rows (zero rows pad it) and at most MAX_SCORING_ROWS; measured on MKL, fewer
+rows take other kernels that round differently (one row a matrix-vector product). That lets the
+directions that only the weights fix (an MLP neuron's write and read, a latent's write, or any
+direction keyed by its bytes) be scored once for several batches answered together
+(``TokenScorer(shared=...)``, `worker.engine.groups`), each batch still answered as alone.
 """
 
 from __future__ import annotations
@@ -59,15 +66,10 @@ def write_projection(view: ElementView, node: Node, path: str | None = None) -> 
             )
         q, k, h = idx
         coef = float(view.fwd("attn.qk_probs", layer)[q, k, h])
-        k_pos = k % view.T
-        return Projection(
-            ("attn", view.row, layer, k_pos, h), coef, lambda: view.vo(layer)[k_pos, h]
-        )
+        # keyed by its bytes: the points of a sweep share it below their ablation
+        return _by_content(coef, view.vo(layer)[k % view.T, h])
     if node_type == "layer" and layer is None:
-        t_pos = idx[0] % view.T
-        return Projection(
-            ("embedding", view.row, t_pos), 1.0, lambda: view.fwd("resid.post_emb", None)[t_pos]
-        )
+        return _by_content(1.0, view.fwd("resid.post_emb", None)[idx[0] % view.T])
     if node_type in LATENT_NODE_TYPES:
         return latent_write_projection(view, node, path)
     raise RequestValidationError(f"nodes of type {node_type} have no token write vector", path)
@@ -111,6 +113,26 @@ def _gated_read(weights: ModelWeights, layer: int, r: torch.Tensor, i: int) -> t
         m = weights.mlp_input(layer, x, detach_scale=True)
         (grad,) = torch.autograd.grad(weights.mlp_read_scalar(layer, m, i), x)
     return grad
+
+
+SCORING_ROWS = 16  # fewer direction rows in one product round differently (MKL's small-M paths)
+MAX_SCORING_ROWS = 64  # and no product wider than the shapes measured
+# direction keys that name the same vector in every batch (the weights fix it, or its bytes do)
+SHAREABLE_KEYS = frozenset({"mlp", "read", "content", "ae-write", "ae-read"})
+
+
+def scored_in_blocks(score, weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
+    """``score(weights, directions)`` in products of SCORING_ROWS to MAX_SCORING_ROWS rows, so
+    that a row's bits do not depend on how many directions it is scored with."""
+    n = directions.shape[0]
+    blocks = []
+    for first in range(0, n, MAX_SCORING_ROWS):
+        block = directions[first : first + MAX_SCORING_ROWS]
+        rows = block.shape[0]
+        if rows < SCORING_ROWS:
+            block = torch.cat([block, block.new_zeros(SCORING_ROWS - rows, block.shape[1])])
+        blocks.append(score(weights, block)[:rows])
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def write_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
@@ -169,11 +191,20 @@ def extremes(scores: torch.Tensor, t: int, excluded: torch.Tensor | None) -> Ext
 class TokenScorer:
     """Top-token lists for the nodes of one batch, scoring each distinct direction once."""
 
-    def __init__(self, weights: ModelWeights, excluded: list[int], decode: Callable[[int], str]):
+    def __init__(
+        self,
+        weights: ModelWeights,
+        excluded: list[int],
+        decode: Callable[[int], str],
+        shared: dict | None = None,
+    ):
+        """``shared``: the scored rows of SHAREABLE_KEYS directions, kept across the scorers of
+        batches answered together (their bits do not depend on the batch that scored them)."""
         self.weights = weights
         self.decode = decode
         self.excluded = torch.tensor(excluded, device=weights.W_E.device) if excluded else None
         self._rows: dict[tuple, tuple[Extremes, int]] = {}  # (kind, t, key) -> (extremes, row)
+        self._shared: dict[tuple, tuple[Extremes, int]] = {} if shared is None else shared
         self._zero_rows: dict[int, torch.Tensor] = {}
 
     def top_tokens(
@@ -194,25 +225,28 @@ class TokenScorer:
         ids = torch.stack([ex.top_ids[0], ex.bottom_ids[0]])
         return self._wire(values, ids, False)
 
+    def _table(self, key: tuple) -> dict[tuple, tuple[Extremes, int]]:
+        return self._shared if key[0] in SHAREABLE_KEYS else self._rows
+
     def _score_new_directions(self, projections: list[Projection], kind: str, t: int) -> None:
         new = {}
         for p in projections:
-            if p.coef != 0 and (kind, t, p.key) not in self._rows:
+            if p.coef != 0 and (kind, t, p.key) not in self._table(p.key):
                 new.setdefault(p.key, p.direction)
         if not new:
             return
         directions = torch.stack([direction() for direction in new.values()])
         score = write_scores if kind == "write" else read_scores
-        ex = extremes(score(self.weights, directions), t, self.excluded)
+        ex = extremes(scored_in_blocks(score, self.weights, directions), t, self.excluded)
         for row, key in enumerate(new):
-            self._rows[(kind, t, key)] = (ex, row)
+            self._table(key)[(kind, t, key)] = (ex, row)
 
     def _node_lists(self, p: Projection, kind: str, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[2, t] values and ids (top row, bottom row) of one node."""
         if p.coef == 0:
             ids = self._zero_row_ids(t)
             return torch.zeros(2, t, device=ids.device), torch.stack([ids, ids])
-        ex, row = self._rows[(kind, t, p.key)]
+        ex, row = self._table(p.key)[(kind, t, p.key)]
         top = (ex.top_values[row], ex.top_ids[row])
         bottom = (ex.bottom_values[row], ex.bottom_ids[row])
         if p.coef < 0:

@@ -14,7 +14,7 @@ import torch
 
 from ..hooks import Hooks
 from .base import LayerWeights, ModelWeights
-from .layers import attention_mask, rotate
+from .layers import attention_mask, rotate, weight_product
 
 
 def positions_of(pad: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def attention_block(
     b, t, _ = a.shape
     h, h_kv, e = lw.n_heads, lw.n_kv_heads, lw.d_head
     scale = e**-0.25
-    q, k, v = (a @ lw.w_qkv + lw.b_qkv).split(lw.split_sizes, dim=-1)
+    q, k, v = (weight_product(a, lw.w_qkv) + lw.b_qkv).split(lw.split_sizes, dim=-1)
     q, k, v = q.view(b, t, h, e), k.view(b, t, h_kv, e), v.view(b, t, h_kv, e)
     if weights.arch.rotary_inv_freq is not None:
         cos, sin = tables if tables is not None else weights.rotary_tables(positions)
@@ -58,17 +58,17 @@ def attention_block(
     logits = hooks.point("attn.qk_logits", layer, logits)
     probs = hooks.point("attn.qk_probs", layer, torch.softmax(logits, dim=2))
     z = hooks.point("attn.v_out", layer, torch.einsum("bqkh,bkhe->bqhe", probs, v))
-    return z.reshape(b, t, h * e) @ lw.w_o + lw.b_o
+    return weight_product(z.reshape(b, t, h * e), lw.w_o) + lw.b_o
 
 
 def mlp_block(weights: ModelWeights, lw: LayerWeights, layer: int, m, hooks: Hooks):
     """MLP of one layer on its normalised input `m`; returns ΔM (with b_out)."""
-    pre = hooks.point("mlp.pre_act", layer, m @ lw.w_in + lw.b_in)
+    pre = hooks.point("mlp.pre_act", layer, weight_product(m, lw.w_in) + lw.b_in)
     post = weights.activation(pre)
     if lw.w_up is not None:
-        post = post * (m @ lw.w_up + lw.b_up)
+        post = post * (weight_product(m, lw.w_up) + lw.b_up)
     post = hooks.point("mlp.post_act", layer, post)
-    return post @ lw.w_out + lw.b_out
+    return weight_product(post, lw.w_out) + lw.b_out
 
 
 def forward(
@@ -105,4 +105,4 @@ def forward(
         delta_mlp = hooks.point("resid.delta_mlp", layer, mlp_block(weights, lw, layer, m, hooks))
         resid = hooks.point("resid.post_mlp", layer, after_attn + delta_mlp)
     final = weights.norm(resid, weights.lnf_g, weights.lnf_b, hooks, ("resid.ln_f.scale", None))
-    return hooks.point("logits", None, final @ weights.W_U)
+    return hooks.point("logits", None, weight_product(final, weights.W_U))
