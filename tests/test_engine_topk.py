@@ -19,6 +19,28 @@ def test_fast_topk_selects_what_torch_topk_selects(n, k, largest):
     assert sorted(got_indices.tolist()) == sorted(expected.indices.tolist())
 
 
+@pytest.mark.parametrize("case", ["best in the tail", "tied chunk extremes", "nan", "few distinct"])
+@pytest.mark.parametrize("largest", [True, False])
+def test_fast_topk_searches_the_right_chunks(case, largest):
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(4096 * 40 + 77, generator=g)
+    if case == "best in the tail":
+        values[-5:] = torch.tensor([9.0, -9.0, 8.0, -8.0, 7.5])
+    elif case == "tied chunk extremes":  # every chunk holds the extreme value: all are searched
+        values[::4096] = 5.0 if largest else -5.0
+    elif case == "nan":
+        values[12345] = float("nan")
+    else:
+        values = torch.randint(0, 3, values.shape, generator=g).float()
+    expected = torch.topk(values, 11, largest=largest)
+    got_values, got_indices = fast_topk(values, 11, largest)
+    assert torch.equal(got_values, expected.values) or (
+        case == "nan" and torch.allclose(got_values, expected.values, equal_nan=True)
+    )
+    assert torch.allclose(values[got_indices], got_values, equal_nan=True)
+    assert len(set(got_indices.tolist())) == 11
+
+
 def test_fast_topk_never_returns_padding_when_infinities_tie_with_it():
     values = torch.full((200_003,), float("-inf"))
     values[5] = 1.0

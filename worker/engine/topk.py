@@ -36,8 +36,34 @@ CHUNK = 4096
 
 
 def fast_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.topk` of a long 1-D tensor, an order of magnitude faster on CPU for small k: the
-    k best of each chunk first (parallel over chunks), then the k best of those."""
+    """`torch.topk` of a long 1-D tensor (the same values; the same indices up to the order of
+    equal values), an order of magnitude faster on CPU for small k: each chunk's extreme is one
+    entry, so the k best entries lie in the chunks whose extreme is at least the k-th best
+    extreme (and in the tail); only those chunks are searched."""
+    n = values.numel()
+    rows = n // CHUNK
+    if rows < 16 or k > rows:
+        return _chunked_topk(values, k, largest)
+    body = values[: rows * CHUNK].view(rows, CHUNK)
+    extreme = body.amax(dim=1) if largest else body.amin(dim=1)
+    kth = torch.topk(extreme, k, largest=largest).values[-1]
+    chosen = torch.nonzero(extreme >= kth if largest else extreme <= kth).flatten()
+    if chosen.numel() * 4 > rows or bool(torch.isnan(extreme).any()):  # ties, NaNs: search all
+        return _chunked_topk(values, k, largest)
+    candidates = torch.cat([body[chosen].flatten(), values[rows * CHUNK :]])
+    best_values, best = torch.topk(candidates, k, largest=largest)
+    in_chunk = torch.arange(CHUNK, device=values.device)
+    positions = torch.cat(
+        [
+            (chosen[:, None] * CHUNK + in_chunk).flatten(),
+            torch.arange(rows * CHUNK, n, device=values.device),
+        ]
+    )
+    return best_values, positions[best]
+
+
+def _chunked_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of each chunk first (parallel over chunks), then the k best of those."""
     n = values.numel()
     if n <= 16 * CHUNK or k > CHUNK:
         return torch.topk(values, k, largest=largest)
