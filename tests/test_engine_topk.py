@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,27 @@ def test_select_indices_breaks_ties_by_position():
     assert select_indices(values, 3, largest=True).tolist() == [1, 3, 4]
     assert select_indices(values, 3, largest=False).tolist() == [0, 2, 5]
     assert select_indices(values, 7, largest=False).tolist() == [0, 2, 5, 6, 4, 1, 3]
+
+
+def _reference_selection(values, k: int, largest: bool) -> list[int]:
+    """The k first indices ordered by value (best first), then by index: a full sort."""
+    primary = -values if largest else values
+    return np.lexsort((np.arange(values.size), primary))[:k].tolist()
+
+
+@pytest.mark.parametrize("case", ["random", "a flat minimum", "mostly zeros", "ties in the tail"])
+@pytest.mark.parametrize("k", [1, 10, 100])
+@pytest.mark.parametrize("largest", [True, False])
+def test_select_indices_of_long_tensors_is_the_ordering_by_value_then_index(case, k, largest):
+    # long enough that only a few chunks are searched; ties must still go to the smallest index
+    g = torch.Generator().manual_seed(k)
+    values = torch.randn(4096 * 500 + 123, generator=g)
+    if case == "a flat minimum":  # as GELU's: many distinct inputs, one float output
+        values = torch.nn.functional.gelu(values * 3).clamp(min=-0.125)
+    elif case == "mostly zeros":  # as masked attention probabilities
+        values = torch.where(torch.rand(values.shape, generator=g) < 0.9, 0.0, values)
+    elif case == "ties in the tail":
+        values = values.clamp(-2.0, 2.0)
+        values[-50:] = 2.0 if largest else -2.0
+    got = select_indices(values, k, largest).tolist()
+    assert got == _reference_selection(values.numpy(), k, largest)

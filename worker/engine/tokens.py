@@ -152,7 +152,7 @@ def gated_reads(
 def write_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
     """[n, V]: directions through γ_f ⊙ W_U, each minus its mean over the vocabulary."""
     scores = (directions * weights.lnf_g) @ weights.W_U
-    return scores - scores.mean(dim=-1, keepdim=True)
+    return scores.sub_(scores.mean(dim=-1, keepdim=True))  # in place: [n, V] is tens of MB
 
 
 def read_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:

@@ -37,29 +37,37 @@ CHUNK = 4096
 
 def fast_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.topk` of a long 1-D tensor (the same values; the same indices up to the order of
-    equal values), an order of magnitude faster on CPU for small k: each chunk's extreme is one
-    entry, so the k best entries lie in the chunks whose extreme is at least the k-th best
-    extreme (and in the tail); only those chunks are searched."""
+    equal values), an order of magnitude faster on CPU for small k: only `_candidates` are
+    searched."""
+    positions = _candidates(values, k, largest)
+    if positions is None:
+        return _chunked_topk(values, k, largest)
+    best_values, best = torch.topk(values[positions], k, largest=largest)
+    return best_values, positions[best]
+
+
+def _candidates(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor | None:
+    """Ascending positions of a few chunks of `values` (and its tail) that hold its k extreme
+    entries and, of the entries equal to the k-th, the k of smallest index; None where chunking
+    does not pay (short tensors, large k) or NaNs rank. Each chunk's extreme is an entry, so
+    with x the k-th best chunk extreme, every entry beyond x lies in a chunk whose extreme is
+    beyond x (fewer than k chunks), and the first k chunks whose extreme equals x each hold an
+    entry equal to x, of smaller index than any such entry in a later one."""
     n = values.numel()
     rows = n // CHUNK
-    if rows < 16 or k > rows:
-        return _chunked_topk(values, k, largest)
+    if rows < 16 or 4 * k > rows:
+        return None
     body = values[: rows * CHUNK].view(rows, CHUNK)
     extreme = body.amax(dim=1) if largest else body.amin(dim=1)
+    if bool(torch.isnan(extreme).any()):
+        return None
     kth = torch.topk(extreme, k, largest=largest).values[-1]
-    chosen = torch.nonzero(extreme >= kth if largest else extreme <= kth).flatten()
-    if chosen.numel() * 4 > rows or bool(torch.isnan(extreme).any()):  # ties, NaNs: search all
-        return _chunked_topk(values, k, largest)
-    candidates = torch.cat([body[chosen].flatten(), values[rows * CHUNK :]])
-    best_values, best = torch.topk(candidates, k, largest=largest)
+    beyond = torch.nonzero(extreme > kth if largest else extreme < kth).flatten()
+    tied = torch.nonzero(extreme == kth).flatten()[:k]
+    chunks = torch.cat([beyond, tied]).sort().values
     in_chunk = torch.arange(CHUNK, device=values.device)
-    positions = torch.cat(
-        [
-            (chosen[:, None] * CHUNK + in_chunk).flatten(),
-            torch.arange(rows * CHUNK, n, device=values.device),
-        ]
-    )
-    return best_values, positions[best]
+    tail = torch.arange(rows * CHUNK, n, device=values.device)
+    return torch.cat([(chunks[:, None] * CHUNK + in_chunk).flatten(), tail])
 
 
 def _chunked_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +88,14 @@ def _chunked_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Te
 
 def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     """Indices of the k extreme entries of a 1-D tensor, ordered by (value, index)."""
+    if k < values.numel():
+        positions = _candidates(values, k + 1, largest)
+        if positions is not None:  # the same answer, from a few chunks of a long tensor
+            return positions[_select_indices(values[positions], k, largest)]
+    return _select_indices(values, k, largest)
+
+
+def _select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     n = values.numel()
     if k >= n:
         candidates = torch.arange(n, device=values.device)
