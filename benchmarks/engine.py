@@ -11,6 +11,9 @@ request kind:
   * the plain HF model's (AutoModelForCausalLM) forward+backward time of the same batch in the same process,
   * the ratio engine / floor, and against the stricter floor of the same pass with the weights
     frozen (gradients for activations only, as actq computes them),
+  * against DESIGN.md's physical limit: that frozen pass plus the vocabulary projections the
+    response needs, one GEMM of as many directions as the request scores (counted while the
+    engine answers it) against the unembedding, timed in the same process (target 1.25),
   * peak resident memory while serving, against the memory of the loaded model alone.
 Each (kind, length) runs in its own subprocess so that peak-memory readings do not mix.
 
@@ -230,6 +233,51 @@ def hf_forward_backward(hf, tokens, repeats: int, device: str, embeds: bool = Fa
     return out
 
 
+class ScoredDirections:
+    """Counts the directions the engine scores against the vocabulary (write and read scores,
+    worker.engine.tokens), the rows of the vocabulary GEMM the physical limit includes."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self) -> ScoredDirections:
+        from worker.engine import tokens
+
+        self._tokens, self._saved = tokens, (tokens.write_scores, tokens.read_scores)
+
+        def counted(score):
+            def scored(weights, directions):
+                self.count += directions.shape[0]
+                return score(weights, directions)
+
+            return scored
+
+        tokens.write_scores, tokens.read_scores = (counted(s) for s in self._saved)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tokens.write_scores, self._tokens.read_scores = self._saved
+
+
+def vocab_gemm(hf, n_directions: int, repeats: int, device: str) -> list[float]:
+    """Seconds of one [n, d] x [d, V] product against HF's unembedding, `repeats` times after a
+    warm-up: the vocabulary projections of the physical limit (DESIGN.md)."""
+    import torch
+
+    unembedding = hf.get_output_embeddings().weight.detach()  # [V, d]
+    directions = torch.randn(n_directions, unembedding.shape[1], device=device)
+    out = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        scores = directions @ unembedding.T
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            out.append(time.perf_counter() - start)
+        del scores
+    return out
+
+
 def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -255,7 +303,8 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     request = make(prompt_of(model.tokenizer, n_tokens))
     times = []
     with PeakRss() as rss:
-        run(kind, request, model)  # warm-up
+        with ScoredDirections() as scored:
+            run(kind, request, model)  # warm-up, counting the directions a request scores
         for _ in range(repeats):
             start = time.perf_counter()
             response = run(kind, request, model)
@@ -271,12 +320,15 @@ def measure(model_dir: str, kind: str, n_tokens: int, repeats: int, device: str)
     for p in hf.parameters():  # the stricter floor: gradients for activations only, like actq
         p.requires_grad_(False)
     floor_frozen = hf_forward_backward(hf, tokens, repeats, device, embeds=True)
+    gemm = vocab_gemm(hf, scored.count, repeats, device) if scored.count else [0.0] * repeats
     return {
         "kind": kind,
         "tokens": n_tokens,
         "times": times,
         "floor": floor,
         "floor_frozen": floor_frozen,
+        "scored_directions": scored.count,
+        "vocab_gemm": gemm,
         "runtime_rss": runtime,
         "loaded_rss": loaded,
         "peak_rss": peak,
@@ -299,6 +351,12 @@ def _print_row(kind: str, n: int, r: dict) -> None:
         f"{'':32} {'':6} HF f+b with frozen weights {frozen:.3f} s (ratio "
         f"{med / frozen:.2f}); serving adds {extra:.2f}x the weights' size "
         f"(process before loading: {r['runtime_rss'] / 2**20:.0f} MiB)"
+    )
+    gemm = statistics.median(r["vocab_gemm"])
+    limit = frozen + gemm
+    print(
+        f"{'':32} {'':6} physical limit {limit:.3f} s = frozen {frozen:.3f} + vocabulary GEMM "
+        f"of {r['scored_directions']} directions {gemm:.3f}: ratio {med / limit:.2f} (target 1.25)"
     )
 
 

@@ -169,28 +169,33 @@ def test_attention_trace_equals_hf_autograd(name, loaded):
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
 def test_gated_token_read_is_the_activation_gradient(name, loaded):
     """families.md §5.1: ρ = γ2 ⊙ (act'(pre) up W_in[:, i] + act(pre) W_up[:, i]) / s2(r),
-    written out from the HF module's weights."""
+    written out from the HF module's weights, for several (token, neuron) pairs read in one
+    batched call."""
     model, hf, _ = loaded(name)
-    from worker.engine.tokens import _gated_read
+    from worker.engine.tokens import gated_reads
 
     tokens = model.tokenizer.encode(PROMPT)
     capture = Capture(hf, model.meta.family, model.meta.vocab_size)
     with torch.no_grad():
         capture.run(torch.tensor([tokens]))
-    layer, t, i = 1, 6, 13
-    r = capture.get(("resid.post_attn", layer))[t]
+    layer, pairs = 1, [(6, 13), (2, 13), (6, 5), (0, 30)]
     block = hf.model.layers[layer]
     eps = hf.config.rms_norm_eps
-    s = torch.sqrt((r * r).mean() + eps)
-    m = block.post_attention_layernorm(r[None])[0]
-    w_gate, w_up = block.mlp.gate_proj.weight[i], block.mlp.up_proj.weight[i]
-    pre, up = m @ w_gate, m @ w_up
-    sig = torch.sigmoid(pre)
-    act, act_grad = pre * sig, sig * (1 + pre * (1 - sig))
     gamma = block.post_attention_layernorm.weight
-    expected = gamma * (act_grad * up * w_gate + act * w_up) / s
-    ours = _gated_read(model.weights, layer, r, i)
-    torch.testing.assert_close(ours, expected.detach(), rtol=1e-4, atol=1e-6)
+    rows, expected = [], []
+    for t, i in pairs:
+        r = capture.get(("resid.post_attn", layer))[t]
+        s = torch.sqrt((r * r).mean() + eps)
+        m = block.post_attention_layernorm(r[None])[0]
+        w_gate, w_up = block.mlp.gate_proj.weight[i], block.mlp.up_proj.weight[i]
+        pre, up = m @ w_gate, m @ w_up
+        sig = torch.sigmoid(pre)
+        act, act_grad = pre * sig, sig * (1 + pre * (1 - sig))
+        expected.append(gamma * (act_grad * up * w_gate + act * w_up) / s)
+        rows.append(r)
+    neurons = torch.tensor([i for _, i in pairs])
+    ours = gated_reads(model.weights, layer, torch.stack(rows), neurons)
+    torch.testing.assert_close(ours, torch.stack(expected).detach(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["neox-parallel", "llama"])

@@ -132,7 +132,10 @@ def _attn_write_to_grad(activation: bool) -> Fn:
         g, lg, loc_g = _direction(v, activation)
         if not gate(layer, ATTN, lg, loc_g):
             return torch.zeros_like(probs)
-        return probs * torch.einsum("khd,qd->qkh", v.vo(layer), g)
+        rows = torch.nonzero(g.any(dim=-1)).flatten()  # as for MLP writes: the nonzero queries
+        out = torch.zeros_like(probs)
+        out[rows] = probs[rows] * torch.einsum("khd,qd->qkh", v.vo(layer), g[rows])
+        return out
 
     return fn
 

@@ -18,7 +18,7 @@ from .autoencoders.token_scoring import LATENT_NODE_TYPES, reads_tokens, token_p
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
 from .stopping import check_stop
-from .tokens import TokenScorer, read_projection, write_projection
+from .tokens import TokenScorer, read_projections, write_projection
 from .topk import Node, group_values, intermediate_sum, tensor_nd
 
 
@@ -207,7 +207,7 @@ def _scored_tokens(view, spec, nodes, scorer: TokenScorer, path) -> dict:
         kind = "write"
     elif scoring == "input_tokens_that_upvote_mlp":
         scored = [i for i, n in enumerate(nodes) if reads_tokens(view, n[0])]
-        projections = [read_projection(view, nodes[i]) for i in scored]
+        projections = read_projections(view, [nodes[i] for i in scored])
         kind = "read"
     else:  # the attention query/key readings are disabled in TDB: every entry is null
         scored, projections, kind = [], [], "read"

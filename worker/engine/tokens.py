@@ -93,10 +93,10 @@ def read_projection(view: ElementView, node: Node) -> Projection:
     _, idx, layer, _ = node
     weights = view.weights
     lw = weights.layers[layer]
+    if lw.w_up is not None:
+        return _by_content(1.0, _gated_reads(view, [node])[0])
     r = view.fwd(*weights.mlp_residual_key(layer))[idx[0]]
     i = idx[-1]
-    if lw.w_up is not None:
-        return _by_content(1.0, _gated_read(weights, layer, r, i))
     scale = weights.norm_scale(r)[0]
     centred = weights.arch.norm == "layer_norm"
 
@@ -107,11 +107,47 @@ def read_projection(view: ElementView, node: Node) -> Projection:
     return Projection(("read", layer, i), float(1.0 / scale), direction)
 
 
-def _gated_read(weights: ModelWeights, layer: int, r: torch.Tensor, i: int) -> torch.Tensor:
+def read_projections(view: ElementView, nodes: list[Node]) -> list[Projection]:
+    """`read_projection` of each node, the gated MLP neurons' reads from one backward pass per
+    layer (one per node cost more than the small products it differentiates)."""
+    weights = view.weights
+    gated = [
+        n
+        for n, node in enumerate(nodes)
+        if node[0] == "mlp_neuron" and weights.layers[node[2]].w_up is not None
+    ]
+    reads = dict(zip(gated, _gated_reads(view, [nodes[n] for n in gated]), strict=True))
+    return [
+        _by_content(1.0, reads[n]) if n in reads else read_projection(view, node)
+        for n, node in enumerate(nodes)
+    ]
+
+
+def _gated_reads(view: ElementView, nodes: list[Node]) -> list[torch.Tensor]:
+    """The reads of gated MLP neurons, one `gated_reads` call per layer."""
+    weights = view.weights
+    by_layer: dict[int, list[int]] = {}
+    for n, node in enumerate(nodes):
+        by_layer.setdefault(node[2], []).append(n)
+    out: list[torch.Tensor] = [None] * len(nodes)  # type: ignore[list-item]
+    for layer, members in by_layer.items():
+        rows = torch.tensor([nodes[n][1][0] for n in members], device=weights.W_E.device)
+        neurons = torch.tensor([nodes[n][1][-1] for n in members], device=rows.device)
+        r = view.fwd(*weights.mlp_residual_key(layer))[rows]
+        for n, grad in zip(members, gated_reads(weights, layer, r, neurons), strict=True):
+            out[n] = grad
+    return out
+
+
+def gated_reads(
+    weights: ModelWeights, layer: int, r: torch.Tensor, neurons: torch.Tensor
+) -> torch.Tensor:
+    """[n, d]: ρ_j = ∂ψ_{neurons[j]}(N2*(r_j))/∂r_j for residual rows r [n, d] (scale detached),
+    in one backward pass: the rows are independent, so the gradient of the sum is each row's."""
     with torch.enable_grad():
         x = r.detach().clone().requires_grad_(True)
         m = weights.mlp_input(layer, x, detach_scale=True)
-        (grad,) = torch.autograd.grad(weights.mlp_read_scalar(layer, m, i), x)
+        (grad,) = torch.autograd.grad(weights.mlp_read_scalars(layer, m, neurons).sum(), x)
     return grad
 
 
@@ -138,7 +174,7 @@ def scored_in_blocks(score, weights: ModelWeights, directions: torch.Tensor) -> 
 def write_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
     """[n, V]: directions through γ_f ⊙ W_U, each minus its mean over the vocabulary."""
     scores = (directions * weights.lnf_g) @ weights.W_U
-    return scores - scores.mean(dim=-1, keepdim=True)
+    return scores.sub_(scores.mean(dim=-1, keepdim=True))  # in place: [n, V] is tens of MB
 
 
 def read_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:

@@ -242,6 +242,15 @@ class ModelWeights:
         """ψ (families.md §5.1): the pre-activation when ungated, the activation when gated."""
         return self.mlp_neuron(layer, m, i, post=self.layers[layer].w_up is not None)
 
+    def mlp_read_scalars(self, layer: int, m: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+        """ψ of neuron neurons[j] on row m[j] ([n, d], [n] -> [n]): one product per weight
+        matrix for many (token, neuron) pairs, where `mlp_read_scalar` takes one neuron."""
+        lw = self.layers[layer]
+        pre = (m * lw.w_in[:, neurons].T).sum(dim=-1) + lw.b_in[neurons]
+        if lw.w_up is None:
+            return pre
+        return self.activation(pre) * ((m * lw.w_up[:, neurons].T).sum(dim=-1) + lw.b_up[neurons])
+
 
 def _cast_fields(obj, dtype: torch.dtype, **overrides):
     """dataclasses.replace with every floating tensor field cast to `dtype`."""

@@ -71,6 +71,39 @@ def mlp_block(weights: ModelWeights, lw: LayerWeights, layer: int, m, hooks: Hoo
     return weight_product(post, lw.w_out) + lw.b_out
 
 
+class _Unembedding(torch.autograd.Function):
+    """`final @ W_U` whose backward multiplies only the rows of the logits' gradient that are
+    not all zero. A logit-difference loss reads one position per sequence and a trace none, so
+    the dense [B, T, V] x [V, d] product of autograd was a whole vocabulary GEMM per pass spent
+    mostly on zero rows. The nonzero rows are multiplied in a block padded with zero rows to at
+    least 16 and a multiple of 4 rows, the shapes at which a row's float32 bits do not depend on
+    the others (README, "Shared passes"), so the gradient is the dense product's, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, final: torch.Tensor, w_u: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w_u)
+        return weight_product(final, w_u)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (w_u,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        rows = torch.nonzero(flat.ne(0).any(dim=-1)).flatten()
+        out = flat.new_zeros(flat.shape[0], w_u.shape[0])
+        if rows.numel():
+            width = max(16, -(-rows.numel() // 4) * 4)
+            block = flat.new_zeros(width, flat.shape[1])
+            block[: rows.numel()] = flat[rows]
+            out[rows] = (block @ w_u.T)[: rows.numel()]
+        return out.reshape(*grad.shape[:-1], w_u.shape[0]), None
+
+
+def unembed(final: torch.Tensor, w_u: torch.Tensor) -> torch.Tensor:
+    if w_u.requires_grad or not final.requires_grad:
+        return weight_product(final, w_u)
+    return _Unembedding.apply(final, w_u)
+
+
 def forward(
     weights: ModelWeights,
     tokens: torch.Tensor,
@@ -105,4 +138,4 @@ def forward(
         delta_mlp = hooks.point("resid.delta_mlp", layer, mlp_block(weights, lw, layer, m, hooks))
         resid = hooks.point("resid.post_mlp", layer, after_attn + delta_mlp)
     final = weights.norm(resid, weights.lnf_g, weights.lnf_b, hooks, ("resid.ln_f.scale", None))
-    return hooks.point("logits", None, weight_product(final, weights.W_U))
+    return hooks.point("logits", None, unembed(final, weights.W_U))
