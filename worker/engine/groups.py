@@ -13,9 +13,10 @@ than 16 keys round differently with the width. `inference.compute_width` pads ev
 or shared) to shapes where neither happens; tests/test_engine_groups.py checks every golden case
 alone against the same case in mixed packs, byte for byte.
 
-Work that does not depend on the rows is done once for all groups: the token scores of
-directions the weights fix (an MLP neuron's write and read), in products whose shape keeps each
-row's bits (`tokens.scored_in_blocks`).
+Work that does not depend on the rows is done once for all groups: the token scores of every
+direction any group of a pack asks for are scored together once the pack's groups have
+answered, in products whose shape keeps each row's bits (`worker.engine.token_lists`), and a
+direction one pack scored serves the later packs of the same call.
 
 What a group's answer may still not share with its solo run: `inferenceTime` and the memory
 fields, which describe the pass that computed it (the pack's).
@@ -32,7 +33,7 @@ from .hooks import Hooks
 from .inference import compute_width, run_pass
 from .planning import Paths, SubRequestPlan, group_stores, plan_sub_request, requirements
 from .responses import sub_response
-from .tokens import TokenScorer
+from .token_lists import TokenLists
 from .topk import Node, rank_spec
 from .view import ElementView
 
@@ -95,7 +96,7 @@ def settle_groups(
             planned.append(_plan_group(i, group, group_paths, model))
         except ActqError as error:
             settle(i, error)
-    scores: dict = {}  # directions every group may share (tokens.SHAREABLE_KEYS), scored once
+    scores: dict = {}  # every direction's token lists, scored once for all packs
     for pack in packs(planned, model, max_rows_per_pass):
         _settle_pack(pack, model, settle, scores)
     return outcomes
@@ -166,8 +167,9 @@ def answer_pack(pack: list[_Group], model, scores: dict | None = None) -> list[d
     """Run one shared pass for ``pack`` and answer each group from its own rows.
 
     A group whose answer the engine refuses (a spec its values cannot serve) gets its error; a
-    refusal of the pass itself raises. ``scores``: token scores of shareable directions, kept
-    for later packs."""
+    refusal of the pass itself raises. ``scores``: the directions' token lists, kept for later
+    packs. The groups' token lists are scored together after all have answered, and filled in
+    before the answers are returned."""
     scores = {} if scores is None else scores
     plans = [pl for group in pack for pl in group.plans]
     save_forward = set().union(*(g.save_forward for g in pack))
@@ -184,23 +186,21 @@ def answer_pack(pack: list[_Group], model, scores: dict | None = None) -> list[d
         model.autoencoders.all(),
         widths=widths,
     )
+    lists = TokenLists(model.weights, model.excluded_ids, model.tokenizer.decode_token, scores)
     answers: list = []
     first = 0
     for group in pack:
         try:
-            answers.append(_answer_group(group, first, result, model, scores))
+            answers.append(_answer_group(group, first, result, model, lists.scorer(group.index)))
         except ActqError as error:
+            lists.drop(group.index)
             answers.append(error)
         first += len(group.plans)
-    return answers
+    refused = lists.fill()
+    return [refused.get(g.index, answer) for g, answer in zip(pack, answers, strict=True)]
 
 
-def _answer_group(group: _Group, first: int, result, model, scores: dict) -> dict:
-    # a scorer of its own for the directions of its rows; those the weights (or their bytes) fix
-    # come from ``scores``, whose bits do not depend on which group scored them (tokens.py)
-    scorer = TokenScorer(
-        model.weights, model.excluded_ids, model.tokenizer.decode_token, shared=scores
-    )
+def _answer_group(group: _Group, first: int, result, model, scorer) -> dict:
     hooks = _group_hooks(result.hooks, group)
     views = [
         ElementView(

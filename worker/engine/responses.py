@@ -18,7 +18,8 @@ from .autoencoders.token_scoring import LATENT_NODE_TYPES, reads_tokens, token_p
 from .inference import PassResult
 from .planning import derives_gradients, dst_store, group_stores, str_value
 from .stopping import check_stop
-from .tokens import TokenScorer, read_projections, write_projection
+from .token_lists import TokenScorer
+from .tokens import read_projections, write_projection
 from .topk import Node, group_values, intermediate_sum, tensor_nd
 
 

@@ -16,9 +16,8 @@ swaps the direction's top and bottom lists; a zero one gives an all-zero row.
 A direction's scores are the same bits in whatever product computes them: every product has at
 least SCORING_ROWS rows (zero rows pad it) and at most MAX_SCORING_ROWS; measured on MKL, fewer
 rows take other kernels that round differently (one row a matrix-vector product). That lets the
-directions that only the weights fix (an MLP neuron's write and read, a latent's write, or any
-direction keyed by its bytes) be scored once for several batches answered together
-(``TokenScorer(shared=...)``, `worker.engine.groups`), each batch still answered as alone.
+directions of every batch answered together be scored in shared products, each direction once
+(`worker.engine.token_lists`, `worker.engine.groups`), each batch still answered as alone.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from .autoencoders.token_scoring import (
     latent_write_projection,
 )
 from .families.base import ModelWeights
-from .topk import Node, select_indices
+from .topk import Node
 from .view import ElementView
 
 
@@ -44,7 +43,7 @@ from .view import ElementView
 class Projection:
     """A node's token-space vector as `coef` times the scores of a shared direction."""
 
-    key: tuple  # names the direction; equal keys share one row of scores
+    key: tuple  # names the direction in every batch (the weights fix it, or its bytes do)
     coef: float
     direction: Callable[[], torch.Tensor]  # the direction in residual space, [d]
 
@@ -153,8 +152,6 @@ def gated_reads(
 
 SCORING_ROWS = 16  # fewer direction rows in one product round differently (MKL's small-M paths)
 MAX_SCORING_ROWS = 64  # and no product wider than the shapes measured
-# direction keys that name the same vector in every batch (the weights fix it, or its bytes do)
-SHAREABLE_KEYS = frozenset({"mlp", "read", "content", "ae-write", "ae-read"})
 
 
 def scored_in_blocks(score, weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
@@ -180,140 +177,3 @@ def write_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tenso
 def read_scores(weights: ModelWeights, directions: torch.Tensor) -> torch.Tensor:
     """[n, V]: directions against every token embedding (no position, no centring)."""
     return directions @ weights.W_E.T
-
-
-def _sorted_extremes(
-    scores: torch.Tensor, t: int, largest: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the t extreme values ordered by value, equal values by ascending token id."""
-    width = min(t + 1, scores.shape[1])
-    values, ids = torch.topk(scores, width, dim=1, largest=largest)
-    if width > t:  # a tie across the boundary: take the smallest ids among the tied values
-        for row in torch.nonzero(values[:, t] == values[:, t - 1]).flatten().tolist():
-            chosen = select_indices(scores[row], t, largest)
-            ids[row, :t], values[row, :t] = chosen, scores[row, chosen]
-    values, ids = values[:, :t], ids[:, :t]
-    ids, perm = ids.sort(dim=1)
-    values = values.gather(1, perm)
-    order = values.sort(dim=1, descending=largest, stable=True).indices
-    return values.gather(1, order), ids.gather(1, order)
-
-
-@dataclass
-class Extremes:
-    """Top and bottom lists of score rows: values [n, t] and token ids [n, t]."""
-
-    top_values: torch.Tensor
-    top_ids: torch.Tensor
-    bottom_values: torch.Tensor
-    bottom_ids: torch.Tensor
-
-
-def extremes(scores: torch.Tensor, t: int, excluded: torch.Tensor | None) -> Extremes:
-    """§5.7 steps 1-2 on score rows (which are overwritten: excluded columns become ±inf)."""
-    if excluded is not None:
-        scores[:, excluded] = float("-inf")
-    top_values, top_ids = _sorted_extremes(scores, t, largest=True)
-    if excluded is not None:
-        scores[:, excluded] = float("inf")
-    bottom_values, bottom_ids = _sorted_extremes(scores, t, largest=False)
-    if not (torch.isfinite(top_values).all() and torch.isfinite(bottom_values).all()):
-        raise RequestValidationError(
-            f"cannot list {t} finite top tokens: the vocabulary is too small"
-        )
-    return Extremes(top_values, top_ids, bottom_values, bottom_ids)
-
-
-class TokenScorer:
-    """Top-token lists for the nodes of one batch, scoring each distinct direction once."""
-
-    def __init__(
-        self,
-        weights: ModelWeights,
-        excluded: list[int],
-        decode: Callable[[int], str],
-        shared: dict | None = None,
-    ):
-        """``shared``: the scored rows of SHAREABLE_KEYS directions, kept across the scorers of
-        batches answered together (their bits do not depend on the batch that scored them)."""
-        self.weights = weights
-        self.decode = decode
-        self.excluded = torch.tensor(excluded, device=weights.W_E.device) if excluded else None
-        self._rows: dict[tuple, tuple[Extremes, int]] = {}  # (kind, t, key) -> (extremes, row)
-        self._shared: dict[tuple, tuple[Extremes, int]] = {} if shared is None else shared
-        self._zero_rows: dict[int, torch.Tensor] = {}
-
-    def top_tokens(
-        self, projections: list[Projection], kind: str, t: int, flip: list[bool] | None = None
-    ) -> list[dict]:
-        """TopTokens wire objects, one per projection (`kind` is "write" or "read")."""
-        self._score_new_directions(projections, kind, t)
-        lists = [self._node_lists(p, kind, t) for p in projections]
-        return [
-            self._wire(values, ids, flip is not None and flip[n])
-            for n, (values, ids) in enumerate(lists)
-        ]
-
-    def top_tokens_of_scores(self, scores: torch.Tensor, t: int) -> dict:
-        """TopTokens of one given score row [V] (no factoring: e.g. vocab_token_write_to_input_direction)."""
-        ex = extremes(scores[None].clone(), t, self.excluded)
-        values = torch.stack([ex.top_values[0], ex.bottom_values[0]])
-        ids = torch.stack([ex.top_ids[0], ex.bottom_ids[0]])
-        return self._wire(values, ids, False)
-
-    def _table(self, key: tuple) -> dict[tuple, tuple[Extremes, int]]:
-        return self._shared if key[0] in SHAREABLE_KEYS else self._rows
-
-    def _score_new_directions(self, projections: list[Projection], kind: str, t: int) -> None:
-        new = {}
-        for p in projections:
-            if p.coef != 0 and (kind, t, p.key) not in self._table(p.key):
-                new.setdefault(p.key, p.direction)
-        if not new:
-            return
-        directions = torch.stack([direction() for direction in new.values()])
-        score = write_scores if kind == "write" else read_scores
-        ex = extremes(scored_in_blocks(score, self.weights, directions), t, self.excluded)
-        for row, key in enumerate(new):
-            self._table(key)[(kind, t, key)] = (ex, row)
-
-    def _node_lists(self, p: Projection, kind: str, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[2, t] values and ids (top row, bottom row) of one node."""
-        if p.coef == 0:
-            ids = self._zero_row_ids(t)
-            return torch.zeros(2, t, device=ids.device), torch.stack([ids, ids])
-        ex, row = self._table(p.key)[(kind, t, p.key)]
-        top = (ex.top_values[row], ex.top_ids[row])
-        bottom = (ex.bottom_values[row], ex.bottom_ids[row])
-        if p.coef < 0:
-            top, bottom = bottom, top
-        coef = torch.tensor(p.coef, dtype=top[0].dtype, device=top[0].device)
-        return torch.stack([coef * top[0], coef * bottom[0]]), torch.stack([top[1], bottom[1]])
-
-    def _zero_row_ids(self, t: int) -> torch.Tensor:
-        """An all-zero row ties everywhere: the t smallest ids that are not excluded (cached:
-        inactive latents make many zero rows)."""
-        if t not in self._zero_rows:
-            self._zero_rows[t] = self._first_allowed_ids(t)
-        return self._zero_rows[t]
-
-    def _first_allowed_ids(self, t: int) -> torch.Tensor:
-        allowed = torch.ones(
-            self.weights.W_E.shape[0], dtype=torch.bool, device=self.weights.W_E.device
-        )
-        if self.excluded is not None:
-            allowed[self.excluded] = False
-        return torch.nonzero(allowed).flatten()[:t]
-
-    def _wire(self, values: torch.Tensor, ids: torch.Tensor, flip: bool) -> dict:
-        """§5.7 steps 4-6: normalise by the larger first magnitude, decode, maybe swap."""
-        m = torch.maximum(values[0, 0].abs(), values[1, 0].abs())
-        normalized = torch.zeros_like(values) if m == 0 else values / m
-        top, bottom = (
-            [
-                {"token": self.decode(i), "scalar": v, "normalizedScalar": n}
-                for v, i, n in zip(vs, is_, ns, strict=True)
-            ]
-            for vs, is_, ns in zip(values.tolist(), ids.tolist(), normalized.tolist(), strict=True)
-        )
-        return {"top": bottom, "bottom": top} if flip else {"top": top, "bottom": bottom}
