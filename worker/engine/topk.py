@@ -163,15 +163,7 @@ def select_layered(parts: list[torch.Tensor], k: int, largest: bool):
         flat = torch.cat(parts) if len(parts) > 1 else parts[0]
         chosen = select_indices(flat, k, largest)
         return chosen, flat[chosen]
-    values, indices = [], []
-    for part, offset in zip(parts, offsets, strict=False):
-        if part.numel() <= k + 1:
-            values.append(part)
-            indices.append(torch.arange(part.numel(), device=part.device) + offset)
-        else:
-            part_values, part_indices = fast_topk(part, k + 1, largest)
-            values.append(part_values)
-            indices.append(part_indices + offset)
+    values, indices = _parts_best(parts, offsets, k + 1, largest)
     indices_t = torch.cat(indices)
     by_index = indices_t.argsort()
     values_t, indices_t = torch.cat(values)[by_index], indices_t[by_index]
@@ -191,6 +183,30 @@ def select_layered(parts: list[torch.Tensor], k: int, largest: bool):
         chosen_values.append(part[ties])
         wanted -= ties.numel()
     return torch.cat(chosen), torch.cat(chosen_values)
+
+
+def _parts_best(parts: list[torch.Tensor], offsets: list[int], k: int, largest: bool):
+    """Each part's k best values and their flat indices (a part of k or fewer: all of it).
+    Parts of one length that torch.topk ranks whole are ranked in one batched call: a DST's
+    layers are usually such parts, and one call per layer cost more than the ranking itself."""
+    values: list = [None] * len(parts)
+    indices: list = [None] * len(parts)
+    same_length: dict[int, list[int]] = {}
+    for n, (part, offset) in enumerate(zip(parts, offsets, strict=False)):
+        if part.numel() <= k:
+            values[n] = part
+            indices[n] = torch.arange(part.numel(), device=part.device) + offset
+        elif part.numel() <= 16 * CHUNK:  # what fast_topk leaves to torch.topk
+            same_length.setdefault(part.numel(), []).append(n)
+        else:
+            part_values, part_indices = fast_topk(part, k, largest)
+            values[n], indices[n] = part_values, part_indices + offset
+    for members in same_length.values():
+        rows = torch.stack([parts[n] for n in members])
+        best_values, best = torch.topk(rows, k, dim=1, largest=largest)
+        for row, n in enumerate(members):
+            values[n], indices[n] = best_values[row], best[row] + offsets[n]
+    return values, indices
 
 
 def _bisect(offsets: list[int], flat_index: int) -> int:
