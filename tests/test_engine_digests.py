@@ -113,9 +113,29 @@ def test_the_node_table_frees_its_dense_dsts_and_answers_as_with_them(both, monk
         assert all(isinstance(t, digests.KeptValues) for d in latent for t in d.forward.values())
 
     # the same batch with every DST kept dense until its response is written (the former way)
-    monkeypatch.setattr(digests, "kept", lambda tensor: tensor)
+    monkeypatch.setattr(digests, "kept", lambda tensor, hint=None: tensor)
     monkeypatch.setattr(groups, "store_uses", lambda plan: None)
     group = groups._plan_group(0, route.subs, route.paths, both)
     (dense,) = groups.answer_pack([group], both)
     assert all(plan.stores for plan in group.plans)
     assert _without_timing(digested) == _without_timing(dense)
+
+
+def test_a_hint_is_used_only_when_it_holds_every_entry():
+    dense = _sparse()
+    full = digests.kept(dense)
+    every = tuple(torch.cartesian_prod(*(torch.arange(n) for n in dense.shape)).T)
+    wider = torch.cat([full.indices, torch.tensor([7, 100, 1000])]).sort().values
+    hinted = digests.kept(dense, wider)
+    assert hinted.indices is wider and _bits(hinted[every]) == _bits(dense[every])
+    missing = digests.kept(dense, full.indices[1:])  # one entry left out: scanned instead
+    assert torch.equal(missing.indices, full.indices)
+    assert _bits(missing[every]) == _bits(dense[every])
+
+
+def test_half_precision_tensors_keep_their_bits():
+    dense = _sparse().to(torch.bfloat16)
+    kept = digests.kept(dense)
+    every = tuple(torch.cartesian_prod(*(torch.arange(n) for n in dense.shape)).T)
+    assert kept[every].dtype == torch.bfloat16
+    assert kept[every].view(torch.int16).tolist() == dense[every].view(torch.int16).tolist()

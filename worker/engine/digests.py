@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from models.wire import protocol as p
@@ -75,16 +76,33 @@ class KeptValues:
         return out
 
 
-def kept(tensor: torch.Tensor) -> torch.Tensor | KeptValues:
-    """``tensor`` as `KeptValues` when that is smaller (a sparse float tensor), else itself."""
+def kept(tensor: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor | KeptValues:
+    """``tensor`` as `KeptValues` when that is smaller (a sparse float tensor), else itself.
+
+    ``hint``: flat indices (ascending) that may hold all of its entries that are not +0.0, as
+    another DST of the same latents does (an inactive latent is 0 in each): when a count says
+    they do, the scan that lists them is skipped."""
     if not tensor.is_floating_point() or tensor.element_size() not in _BITS:
         return tensor
-    flat = tensor.reshape(-1)
-    indices = torch.nonzero(flat.view(_BITS[flat.element_size()])).flatten()
-    per_entry = indices.element_size() + flat.element_size()
-    if indices.numel() * per_entry >= flat.numel() * flat.element_size():
+    flat = tensor.detach().reshape(-1)
+    bits = flat.view(_BITS[flat.element_size()])
+    per_entry = 8 + flat.element_size()  # an int64 index and the value
+    if flat.device.type != "cpu":
+        indices = torch.nonzero(bits).flatten()
+        if indices.numel() * per_entry >= flat.numel() * flat.element_size():
+            return tensor
+        return KeptValues(tensor, indices, flat[indices])
+    # on CPU numpy's scans and gathers are several times faster than torch.nonzero and indexing
+    array = bits.numpy()  # the values are gathered as their bits (numpy has no bfloat16)
+    count = np.count_nonzero(array)
+    if count * per_entry >= flat.numel() * flat.element_size():
         return tensor
-    return KeptValues(tensor, indices, flat[indices])
+    if hint is not None and hint.numel() * per_entry < flat.numel() * flat.element_size():
+        at = hint.numpy()
+        if np.count_nonzero(array[at]) == count:
+            return KeptValues(tensor, hint, torch.from_numpy(array[at]).view(flat.dtype))
+    at = np.flatnonzero(array != 0)
+    return KeptValues(tensor, torch.from_numpy(at), torch.from_numpy(array[at]).view(flat.dtype))
 
 
 @dataclass
@@ -110,10 +128,18 @@ def store_uses(plan: SubRequestPlan) -> Counter:
 
 
 def digest_top_k(
-    plan: SubRequestPlan, view: ElementView, spec, path: str, uses: Counter | None = None
+    plan: SubRequestPlan,
+    view: ElementView,
+    spec,
+    path: str,
+    uses: Counter | None = None,
+    hints: dict | None = None,
 ) -> TopKDigest:
     """Rank ``spec`` for ``plan`` and keep what its response reads, DST by DST; each dense store
-    is released (from ``plan.stores``) once ``uses`` counts no other reader of it."""
+    is released (from ``plan.stores``) once ``uses`` counts no other reader of it. ``hints``:
+    the kept indices of each (node type, layer, shape) so far (`kept`), shared by the plan's
+    specs."""
+    hints = {} if hints is None else hints
     derive = derives_gradients(spec)
     keep = {str_value(d) for d in spec.dimensions_to_keep_for_intermediate_sum}
     nodes: list[Node] = []
@@ -127,7 +153,11 @@ def digest_top_k(
             dims = DST_INFO[DerivedScalarType(dst)].dims
             axes = [axis for axis, dim in enumerate(dims) if str_value(dim) in keep]
             sums[gid][dst] = intermediate_sum(store, axes, derive)
-            forward = {layer: kept(tensor) for layer, tensor in store.forward.items()}
+            forward = {}
+            for layer, tensor in store.forward.items():
+                forward[layer] = kept(tensor, hints.get((store.node_type, layer, tensor.shape)))
+                if isinstance(forward[layer], KeptValues):
+                    hints[(store.node_type, layer, tensor.shape)] = forward[layer].indices
             groups[gid].append(DstTensors(store.name, store.node_type, forward))
             if uses is not None:
                 uses[(dst, derive)] -= 1

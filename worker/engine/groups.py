@@ -240,10 +240,10 @@ def node_lists(plans: list[SubRequestPlan], views: list[ElementView]) -> dict[st
     lists: dict[str, list[Node]] = {}
     aliases: dict[str, str] = {}
     for plan, view in zip(plans, views, strict=True):
-        uses = store_uses(plan)
+        uses, hints = store_uses(plan), {}
         for name, spec in plan.specs.items():
             if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
-                digest = digest_top_k(plan, view, spec, plan.paths.specs[name], uses)
+                digest = digest_top_k(plan, view, spec, plan.paths.specs[name], uses, hints)
                 plan.top_k[name] = digest
                 lists.setdefault(name, []).extend(digest.nodes)
             elif isinstance(spec, p.ScoredTokensRequestSpec | p.TokenPairAttributionRequestSpec):
