@@ -20,6 +20,7 @@ Needs ~14 GB of memory: run it alone, under the shared lock:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import statistics
@@ -36,6 +37,15 @@ from engine import QUICK, PeakRss, build_model, prompt_of, rss_bytes, touch_weig
 
 N_LATENTS = 32768
 ACTIVE_FRACTION = 0.025
+
+
+def release_free_heap() -> None:
+    """Give the heap's free pages back (glibc's malloc_trim), so that the resident figure is
+    what the model and AEs hold, not what building and calibrating them left free."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may include that slack
+        pass
 
 
 def random_autoencoder(name: str, input_dst: str, n: int, n_layers: int, generator, m: int):
@@ -158,6 +168,7 @@ def main() -> None:
         )
         calibrate(model, prompt_of(model.tokenizer, max(args.tokens)))
         gc.collect()
+        release_free_heap()
         ae_bytes = sum(
             4 * (p.w_enc.numel() + p.w_dec.numel())
             for ae in model.autoencoders.all()

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from models.errors import ActqError
 from models.wire import protocol as p
 
+from .digests import digest_top_k, store_uses
 from .hooks import Hooks
 from .inference import compute_width, run_pass
-from .planning import Paths, SubRequestPlan, group_stores, plan_sub_request, requirements
+from .planning import Paths, SubRequestPlan, plan_sub_request, requirements
 from .responses import sub_response
 from .token_lists import TokenLists
-from .topk import Node, rank_spec
+from .topk import Node
 from .view import ElementView
 
 DEFAULT_PASS_BYTES = 2 * 1024**3  # the activations one shared pass may hold (an estimate)
@@ -233,16 +234,18 @@ def _group_hooks(hooks: Hooks, group: _Group) -> Hooks:
 
 
 def node_lists(plans: list[SubRequestPlan], views: list[ElementView]) -> dict[str, list[Node]]:
-    """Each top-k spec name's node list: the union, in order, over one batch's sub-requests."""
+    """Each top-k spec name's node list: the union, in order, over one batch's sub-requests.
+    Each sub-request's top-k specs are digested on the way (`digests.digest_top_k`, kept in
+    ``plan.top_k``), their dense DSTs freed one by one."""
     lists: dict[str, list[Node]] = {}
     aliases: dict[str, str] = {}
     for plan, view in zip(plans, views, strict=True):
+        uses, hints = store_uses(plan), {}
         for name, spec in plan.specs.items():
             if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
-                stores = group_stores(plan, view, spec, plan.paths.specs[name])
-                lists.setdefault(name, []).extend(
-                    rank_spec(stores, spec.top_and_bottom_k, spec.token_index)
-                )
+                digest = digest_top_k(plan, view, spec, plan.paths.specs[name], uses, hints)
+                plan.top_k[name] = digest
+                lists.setdefault(name, []).extend(digest.nodes)
             elif isinstance(spec, p.ScoredTokensRequestSpec | p.TokenPairAttributionRequestSpec):
                 aliases[name] = spec.depends_on_spec_name
     out = {name: list(dict.fromkeys(nodes)) for name, nodes in lists.items()}

@@ -59,6 +59,7 @@ class SubRequestPlan:
     paths: Paths
     dst_trace: TracedNode | None  # the trace the DSTs' directions come from (§3.1, §6.6)
     stores: dict[tuple[str, bool], DstTensors] = field(default_factory=dict)
+    top_k: dict[str, object] = field(default_factory=dict)  # spec name -> digests.TopKDigest
 
 
 def str_value(x) -> str:
@@ -193,11 +194,3 @@ def dst_store(
         backward = {layer: d.backward(view, layer) for layer in layers} if derive else None
         plan.stores[key] = DstTensors(dst, str_value(info.node_type), forward, backward)
     return plan.stores[key]
-
-
-def group_stores(plan, view, spec, path) -> dict[str, list[DstTensors]]:
-    derive = derives_gradients(spec)
-    return {
-        g: [dst_store(plan, view, d, derive, path) for d in dsts]
-        for g, dsts in groups_of(spec).items()
-    }

@@ -10,17 +10,16 @@ import torch
 
 from models.errors import RequestValidationError
 from models.wire import protocol as p
-from models.wire.enums import DerivedScalarType
-from models.wire.shapes import DST_INFO
 
 from .attention_scalars import token_attention_scalars
 from .autoencoders.token_scoring import LATENT_NODE_TYPES, reads_tokens, token_pair_attributions
+from .digests import digest_top_k
 from .inference import PassResult
-from .planning import derives_gradients, dst_store, group_stores, str_value
+from .planning import derives_gradients, dst_store, str_value
 from .stopping import check_stop
 from .token_lists import TokenScorer
 from .tokens import read_projections, write_projection
-from .topk import Node, group_values, intermediate_sum, tensor_nd
+from .topk import Node, group_values, tensor_nd
 
 
 def node_json(node: Node) -> dict:
@@ -40,7 +39,9 @@ def sub_response(
     for name, spec in plan.specs.items():
         check_stop()  # between processing specs (worker.engine.stopping)
         path = plan.paths.specs[name]
-        data[name] = _spec_response(plan, view, spec, node_lists.get(name, []), model, scorer, path)
+        data[name] = _spec_response(
+            plan, view, name, spec, node_lists.get(name, []), model, scorer, path
+        )
     return {
         "inferenceResponse": {"inferenceAndTokenData": _token_data(plan, result, model, index)},
         "processingResponseDataByName": data,
@@ -64,9 +65,9 @@ def _token_data(plan, result: PassResult, model, row: int) -> dict:
     }
 
 
-def _spec_response(plan, view, spec, nodes, model, scorer, path) -> dict:
+def _spec_response(plan, view, name, spec, nodes, model, scorer, path) -> dict:
     if isinstance(spec, p.MultipleTopKDerivedScalarsRequestSpec):
-        return _multiple_top_k(plan, view, spec, nodes, model, path)
+        return _multiple_top_k(plan, view, spec, name, nodes, model, path)
     if isinstance(spec, p.DerivedScalarsRequestSpec):
         return _derived_scalars(plan, view, spec, scorer, path)
     if isinstance(spec, p.DerivedAttentionScalarsRequestSpec):
@@ -82,10 +83,12 @@ def _spec_response(plan, view, spec, nodes, model, scorer, path) -> dict:
     }
 
 
-def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
-    stores = group_stores(plan, view, spec, path)
+def _multiple_top_k(plan, view, spec, name, nodes, model, path) -> dict:
+    digest = plan.top_k.get(name)
+    if digest is None:  # not ranked with its batch (node_lists does it): digest it now
+        digest = plan.top_k[name] = digest_top_k(plan, view, spec, path)
     activations = {}
-    for gid, dsts in stores.items():
+    for gid, dsts in digest.groups.items():
         try:
             values = group_values(dsts, nodes)
         except (
@@ -102,19 +105,15 @@ def _multiple_top_k(plan, view, spec, nodes, model, path) -> dict:
                 f"{path}.dstListByGroupId.{gid}",
             )
         activations[gid] = values
-    keep = {str_value(d) for d in spec.dimensions_to_keep_for_intermediate_sum}
     sums = {}
-    for gid, dsts in stores.items():
+    for gid, totals in digest.sums.items():
         sums[gid] = {}
-        for dst in dsts:
-            dims = DST_INFO[DerivedScalarType(dst.name)].dims
-            kept = [axis for axis, dim in enumerate(dims) if str_value(dim) in keep]
-            total = intermediate_sum(dst, kept, derives_gradients(spec))
+        for dst_name, total in totals.items():
             try:
-                sums[gid][dst.name] = tensor_nd(total)
+                sums[gid][dst_name] = tensor_nd(total)
             except ValueError as error:
                 raise RequestValidationError(
-                    f"the intermediate sum of {dst.name} cannot be written: {error}",
+                    f"the intermediate sum of {dst_name} cannot be written: {error}",
                     f"{path}.dimensionsToKeepForIntermediateSum",
                 ) from None
     vocab = [

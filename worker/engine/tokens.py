@@ -31,7 +31,7 @@ from models.errors import RequestValidationError
 
 from .autoencoders.token_scoring import (
     LATENT_NODE_TYPES,
-    latent_read_projection,
+    latent_read_projections,
     latent_write_projection,
 )
 from .families.base import ModelWeights
@@ -88,7 +88,7 @@ def read_projection(view: ElementView, node: Node) -> Projection:
     P the LayerNorm centring (none for RMSNorm), so the direction is shared across tokens; gated:
     the gradient of the activation, which depends on the token."""
     if node[0] != "mlp_neuron":
-        return latent_read_projection(view, node)
+        return latent_read_projections(view, [node])[0]
     _, idx, layer, _ = node
     weights = view.weights
     lw = weights.layers[layer]
@@ -107,8 +107,8 @@ def read_projection(view: ElementView, node: Node) -> Projection:
 
 
 def read_projections(view: ElementView, nodes: list[Node]) -> list[Projection]:
-    """`read_projection` of each node, the gated MLP neurons' reads from one backward pass per
-    layer (one per node cost more than the small products it differentiates)."""
+    """`read_projection` of each node, the gated MLP neurons' and the latents' reads from one
+    backward pass per layer (one per node cost more than the small products it differentiates)."""
     weights = view.weights
     gated = [
         n
@@ -116,8 +116,15 @@ def read_projections(view: ElementView, nodes: list[Node]) -> list[Projection]:
         if node[0] == "mlp_neuron" and weights.layers[node[2]].w_up is not None
     ]
     reads = dict(zip(gated, _gated_reads(view, [nodes[n] for n in gated]), strict=True))
+    latents = [n for n, node in enumerate(nodes) if node[0] != "mlp_neuron"]
+    latent_reads = latent_read_projections(view, [nodes[n] for n in latents])
+    projections = dict(zip(latents, latent_reads, strict=True))
     return [
-        _by_content(1.0, reads[n]) if n in reads else read_projection(view, node)
+        projections[n]
+        if n in projections
+        else _by_content(1.0, reads[n])
+        if n in reads
+        else read_projection(view, node)
         for n, node in enumerate(nodes)
     ]
 

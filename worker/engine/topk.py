@@ -287,11 +287,17 @@ def _unravel(index: int, shape: torch.Size) -> tuple[int, ...]:
 
 def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -> list[Node]:
     """Top list then bottom list of one group, each ordered by descending value (§5.5.2)."""
-    if k is None:
-        k = sum(sum(_sliced(t, token_index).numel() for t in d.forward.values()) for d in dsts)
-    selections = [
-        [select_dst(dst, k, largest, token_index) for largest in (True, False)] for dst in dsts
-    ]
+    return merge_group([select_both(dst, k, token_index) for dst in dsts])
+
+
+def select_both(dst: DstTensors, k: int | None, token_index: int | None) -> list[Selection]:
+    """One DST's top and bottom selections (k None: all of its entries, as in its group)."""
+    return [select_dst(dst, k, largest, token_index) for largest in (True, False)]
+
+
+def merge_group(selections: list[list[Selection]]) -> list[Node]:
+    """A group's node list from its DSTs' `select_both`, in DST order: the top list, then the
+    bottom list, each by descending value, ties in DST order."""
     nodes: list[Node] = []
     for direction in (0, 1):
         values: list[float] = []
@@ -303,16 +309,6 @@ def rank_group(dsts: list[DstTensors], k: int | None, token_index: int | None) -
         order = sorted(range(len(values)), key=lambda i: -values[i])  # stable: ties keep DST order
         nodes += [found[i] for i in order]
     return nodes
-
-
-def rank_spec(
-    groups: dict[str, list[DstTensors]], k: int | None, token_index: int | None
-) -> list[Node]:
-    """The node list of one multiple-top-k spec for one sub-request, duplicates removed."""
-    nodes: list[Node] = []
-    for dsts in groups.values():
-        nodes += rank_group(dsts, k, token_index)
-    return list(dict.fromkeys(nodes))
 
 
 def group_values(dsts: list[DstTensors], nodes: list[Node]) -> list[float]:

@@ -12,7 +12,7 @@ import torch
 
 from models.errors import RequestValidationError
 
-from .tracing import latent_read_direction
+from .tracing import latent_read_directions
 
 LATENT_NODE_TYPES = ("autoencoder_latent", "mlp_autoencoder_latent", "attention_autoencoder_latent")
 
@@ -47,16 +47,28 @@ def reads_tokens(view, node_type: str) -> bool:
     return ae is not None and ae.kind == "mlp"
 
 
-def latent_read_projection(view, node):
+def latent_read_projections(view, nodes) -> list:
+    """The read of each latent node (MLP-type AEs), one `latent_read_directions` call per AE and
+    layer; keyed by its bytes (it depends on the token's residual row)."""
     from ..tokens import Projection
 
-    node_type, idx, layer, _ = node
-    ae = _autoencoder(view, node_type, None)
-    t, j = idx[0] % view.T, idx[-1]
-    row = view.fwd("resid.post_attn", layer)[t]
-    direction = latent_read_direction(view.weights, ae, layer, row, j)
-    key = ("ae-read", ae.name, layer, j, direction.cpu().numpy().tobytes())
-    return Projection(key, 1.0, lambda: direction)
+    by_part: dict[tuple, list[int]] = {}
+    for n, (node_type, _, layer, _) in enumerate(nodes):
+        ae = _autoencoder(view, node_type, None)
+        if ae.input_dst == "resid_delta_attn":
+            raise RequestValidationError(f"{node_type} nodes read no tokens ({ae.input_dst})")
+        by_part.setdefault((ae.name, node_type, layer), []).append(n)
+    out: list = [None] * len(nodes)
+    for (name, node_type, layer), members in by_part.items():
+        ae = _autoencoder(view, node_type, None)
+        resid = view.fwd("resid.post_attn", layer)
+        tokens = torch.tensor([nodes[n][1][0] % view.T for n in members], device=resid.device)
+        latents = torch.tensor([nodes[n][1][-1] for n in members], device=resid.device)
+        directions = latent_read_directions(view.weights, ae, layer, resid[tokens], latents)
+        for n, direction in zip(members, directions, strict=True):
+            key = ("ae-read", name, layer, nodes[n][1][-1], direction.cpu().numpy().tobytes())
+            out[n] = Projection(key, 1.0, lambda direction=direction: direction)
+    return out
 
 
 def token_pair_attributions(view, nodes, count: int) -> list[dict | None]:

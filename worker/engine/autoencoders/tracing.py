@@ -51,17 +51,35 @@ def latent_scalar(weights, node, resid: torch.Tensor) -> torch.Tensor:
     return part.activate(pre[None])[0, j] if node.post else pre[j]
 
 
-def latent_read_direction(weights, ae: Autoencoder, layer: int, row: torch.Tensor, j: int):
-    """ρ = ∂ encode_pre_act(input(r))[j] / ∂r at one residual row (scale detached), [d] (§9.5)."""
+READ_ROWS = (16, 64)  # rows of one read product: at least 16 and a multiple of 4, at most 64
+
+
+def latent_read_directions(weights, ae: Autoencoder, layer: int, rows: torch.Tensor, latents):
+    """ρ_i = ∂ encode_pre_act(input(r_i))[latents[i]] / ∂r_i for residual rows r [n, d] (scale
+    detached), [n, d] (§9.5), for an AE whose input is computed row by row (an MLP-side one).
+
+    One backward per block of rows: the rows are independent, so the gradient of the sum is
+    each row's (one backward per latent cost ~2 ms, mostly autograd and two one-row products).
+    A block has READ_ROWS rows (zero rows pad a short one), the shapes at which a row's float32
+    bits do not depend on the other rows, so a latent's read is the same whatever it is read
+    with (the token-score keys are its bytes, shared across sub-requests)."""
     part = ae.layers[layer]
-    with torch.enable_grad():
-        r = row.detach().clone().requires_grad_(True)
-        x = ae_input(weights, ae, layer, r[None], True)[0]
-        pre = (x - part.pre_bias if part.subtract_pre_bias else x) @ part.w_enc[
-            j
-        ] + part.latent_bias[j]
-        (grad,) = torch.autograd.grad(pre, r)
-    return grad
+    least, most = READ_ROWS
+    out = []
+    for block, block_latents in zip(rows.split(most), latents.split(most), strict=True):
+        n = block.shape[0]
+        width = max(least, -(-n // 4) * 4)
+        padded = torch.cat([block, block.new_zeros(width - n, block.shape[1])])
+        picked = torch.cat([block_latents, block_latents.new_zeros(width - n)])
+        with torch.enable_grad():
+            r = padded.detach().clone().requires_grad_(True)
+            x = _mlp_side_input(weights, ae, layer, weights.mlp_input(layer, r[None], True))[0]
+            if part.subtract_pre_bias:
+                x = x - part.pre_bias
+            pre = (x * part.w_enc[picked]).sum(dim=-1)  # the latent bias has no gradient
+            (grad,) = torch.autograd.grad(pre.sum(), r)
+        out.append(grad[:n])
+    return torch.cat(out)
 
 
 def vocab_input_direction(weights, ae: Autoencoder, layer: int, j: int) -> torch.Tensor:
