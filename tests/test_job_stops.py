@@ -25,7 +25,13 @@ from tests.test_cost import tdb_request
 
 DS = next(c for c in OK_CASES if c["endpoint"] == "derived_scalars")
 TDB = next(c for c in OK_CASES if c["endpoint"] == "batched_tdb")
-GUARD = {"ACTQ_JOB_MEMORY_GUARD_BYTES": str(400 * 1024 * 1024), "ACTQ_DEBUG_DELAYS": "1"}
+GUARD = {
+    "ACTQ_JOB_MEMORY_GUARD_BYTES": str(400 * 1024 * 1024),
+    "ACTQ_MAX_RESPONSE_BYTES": str(
+        1024 * 1024 * 1024
+    ),  # lets the guard, not the estimate, stop one
+    "ACTQ_DEBUG_DELAYS": "1",
+}
 
 
 # --- in the engine --------------------------------------------------------------------------
@@ -149,9 +155,9 @@ def _submit(stack, endpoint: str, request: dict, query: str = "") -> str:
 
 @pytest.mark.slow
 def test_a_job_over_its_memory_fails_once_and_the_worker_serves_on(guarded):
-    # accepted by the estimate's default limits, but its ~2 GB of vocabulary projections pass
-    # the worker's 400 MB guard
-    big = _submit(guarded, "batched_tdb", tdb_request(63, 1, 1000))
+    # accepted by the estimate (the response limit raised to 1 GiB), but its 8 sub-requests of 63
+    # tokens and K 1000 pass the worker's 400 MB guard (about 1 GB resident at its peak unguarded)
+    big = _submit(guarded, "batched_tdb", tdb_request(63, 8, 1000))
     failed = _final(guarded, big)
     assert (failed["status"], failed["error"]["type"]) == ("failed", "resource_exhausted")
     assert failed["attempts"] == 1

@@ -93,5 +93,9 @@ def is_exhaustion(error: BaseException) -> bool:
     text = str(error)
     return name == "OutOfMemoryError" or (
         isinstance(error, RuntimeError)
-        and ("can't allocate memory" in text or "out of memory" in text.lower())
+        and (
+            "can't allocate memory" in text
+            or "out of memory" in text.lower()
+            or "bad_alloc" in text  # a C++ allocation in torch, refused by the guard
+        )
     )
