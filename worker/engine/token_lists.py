@@ -108,6 +108,12 @@ class TokenLists:
         """The front one batch answers with; ``owner`` names it in what `fill` returns."""
         return TokenScorer(self, owner)
 
+    def ask(self, projection: Projection, kind: str, t: int, flip: bool, owner) -> dict:
+        """An empty wire object that `fill` fills with ``projection``'s lists."""
+        wire: dict = {}
+        self._asked.append(_Asked(wire, projection, kind, t, flip, owner))
+        return wire
+
     def drop(self, owner) -> None:
         """Forget what ``owner`` asked for (its batch was refused)."""
         self._asked = [a for a in self._asked if a.owner != owner]
@@ -205,13 +211,10 @@ class TokenScorer:
     ) -> list[dict]:
         """TopTokens wire objects, one per projection (`kind` is "write" or "read"): empty
         until the lists are filled, which happens before the batch's answer is given out."""
-        out = []
-        for n, projection in enumerate(projections):
-            wire: dict = {}
-            flipped = flip is not None and flip[n]
-            self.lists._asked.append(_Asked(wire, projection, kind, t, flipped, self.owner))
-            out.append(wire)
-        return out
+        return [
+            self.lists.ask(projection, kind, t, flip is not None and flip[n], self.owner)
+            for n, projection in enumerate(projections)
+        ]
 
     def top_tokens_of_scores(self, scores: torch.Tensor, t: int) -> dict:
         """TopTokens of one given score row [V] (no factoring: e.g.

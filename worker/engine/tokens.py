@@ -115,17 +115,14 @@ def read_projections(view: ElementView, nodes: list[Node]) -> list[Projection]:
         for n, node in enumerate(nodes)
         if node[0] == "mlp_neuron" and weights.layers[node[2]].w_up is not None
     ]
-    reads = dict(zip(gated, _gated_reads(view, [nodes[n] for n in gated]), strict=True))
     latents = [n for n, node in enumerate(nodes) if node[0] != "mlp_neuron"]
-    latent_reads = latent_read_projections(view, [nodes[n] for n in latents])
-    projections = dict(zip(latents, latent_reads, strict=True))
+    batched = dict(
+        zip(latents, latent_read_projections(view, [nodes[n] for n in latents]), strict=True)
+    )
+    for n, read in zip(gated, _gated_reads(view, [nodes[n] for n in gated]), strict=True):
+        batched[n] = _by_content(1.0, read)
     return [
-        projections[n]
-        if n in projections
-        else _by_content(1.0, reads[n])
-        if n in reads
-        else read_projection(view, node)
-        for n, node in enumerate(nodes)
+        batched[n] if n in batched else read_projection(view, node) for n, node in enumerate(nodes)
     ]
 
 

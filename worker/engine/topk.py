@@ -63,21 +63,27 @@ def fast_topk(values: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor
 
 def _chunks_holding_best(rows: torch.Tensor, k: int, largest: bool) -> torch.Tensor | None:
     """Chunk numbers (ascending) among which the k best values of ``rows`` all are, at most
-    2k - 1 of them; None when there is no gain (few chunks, NaNs).
-
-    With τ the k-th best chunk extreme, the k-th best value is at least as good as τ (k chunks
-    reach τ), so every value as good as it lies in a chunk whose extreme is as good as τ: the
-    chunks strictly better than τ (fewer than k) and, of those that reach τ exactly, k (each
-    holds a τ: enough of them for the ties, as good as any others)."""
+    2k - 1 of them; None when there is no gain (few chunks, NaNs)."""
     if 2 * k >= rows.shape[0]:
         return None
-    extremes = rows.amax(dim=1) if largest else rows.amin(dim=1)
+    best = _best_chunks(rows.amax(dim=1) if largest else rows.amin(dim=1), k, largest)
+    return None if best is None else best[0]
+
+
+def _best_chunks(extremes: torch.Tensor, k: int, largest: bool):
+    """Of chunks with these extremes, those (ascending) that hold the k best values of all, and
+    τ, the k-th best extreme; None with NaNs.
+
+    The k-th best value is at least as good as τ (k chunks reach τ), so every value as good as
+    it lies in a chunk whose extreme is as good as τ: the chunks strictly better than τ (fewer
+    than k) and, of those that reach τ exactly, k (each holds a τ: enough of them for the ties,
+    as good as any others)."""
     if bool(torch.isnan(extremes).any()):
         return None
     tau = torch.topk(extremes, k, largest=largest).values[-1]
     better = torch.nonzero(extremes > tau if largest else extremes < tau).flatten()
     reaching = torch.nonzero(extremes == tau).flatten()[:k]
-    return torch.cat([better, reaching]).sort().values
+    return torch.cat([better, reaching]).sort().values, tau
 
 
 def select_indices(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
@@ -228,7 +234,7 @@ def _chunk_length(n: int) -> int:
 
 def _chunk_candidates(parts, offsets, want: int, largest: bool):
     """The values (and flat indices, ascending) of the chunks, across all parts, that hold the
-    ``want`` best of all (``_chunks_holding_best``'s argument over every part's chunks at once):
+    ``want`` best of all (``_best_chunks`` over every part's chunks at once):
     one extreme per chunk, then at most 2 want - 1 chunks, instead of a top-k per part (a
     request's MLP DSTs are 12 parts of 50k-180k values, each ranked twice per sub-request).
     None when that gains little (fewer than 8 want chunks) or cannot be told (NaNs, an infinite
@@ -244,14 +250,10 @@ def _chunk_candidates(parts, offsets, want: int, largest: bool):
     if sum(counts) < 8 * want:
         return None
     extremes = torch.cat([r.amax(dim=1) if largest else r.amin(dim=1) for r in rows])
-    if bool(torch.isnan(extremes).any()):
+    best = _best_chunks(extremes, want, largest)
+    if best is None or not bool(torch.isfinite(best[1])):  # an infinite τ may be padding's
         return None
-    tau = torch.topk(extremes, want, largest=largest).values[-1]
-    if not bool(torch.isfinite(tau)):
-        return None
-    better = torch.nonzero(extremes > tau if largest else extremes < tau).flatten()
-    reaching = torch.nonzero(extremes == tau).flatten()[:want]
-    picked = torch.cat([better, reaching]).sort().values.tolist()
+    picked = best[0].tolist()
     firsts = [0]
     for count in counts:
         firsts.append(firsts[-1] + count)
