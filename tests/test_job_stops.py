@@ -158,7 +158,7 @@ def test_a_job_over_its_memory_fails_once_and_the_worker_serves_on(guarded):
     # accepted by the estimate (the response limit raised to 1 GiB), but its 8 sub-requests of 63
     # tokens and K 1000 pass the worker's 400 MB guard (about 1 GB resident at its peak unguarded)
     big = _submit(guarded, "batched_tdb", tdb_request(63, 8, 1000))
-    failed = _final(guarded, big)
+    failed = _final(guarded, big, timeout=600)  # about 15 s of engine here before the guard trips
     assert (failed["status"], failed["error"]["type"]) == ("failed", "resource_exhausted")
     assert failed["attempts"] == 1
     assert "ACTQ_JOB_MEMORY_GUARD_BYTES" in failed["error"]["message"]
