@@ -73,3 +73,53 @@ def test_a_batch_asking_more_tokens_than_the_vocabulary_has_is_refused_alone():
     refused = lists.fill()
     assert set(refused) == {1} and "cannot list 6 finite top tokens" in refused[1].message
     assert len(kept[0]["top"]) == 4
+
+
+def _sorted_reference(scores: torch.Tensor, t: int, largest: bool):
+    """The t extreme values of each row by value, equal values by ascending token id: a stable
+    sort of the whole row."""
+    values, ids = torch.sort(scores, dim=1, descending=largest, stable=True)
+    return values[:, :t], ids[:, :t]
+
+
+def test_row_extremes_from_chunks_are_the_whole_rows_own():
+    """`extremes` ranks chunk extremes first; what it lists is each whole row's t best (and
+    worst) by value then token id, with ties inside the chunks, across them and at the list's
+    boundary, infinities, excluded tokens, NaNs, and a vocabulary not a multiple of the chunk."""
+    generator = torch.Generator().manual_seed(11)
+    vocab, t = 64 * 60 + 37, 10
+    rows = [torch.randn(vocab, generator=generator) for _ in range(6)]
+    rows.append(torch.randint(-3, 4, (vocab,), generator=generator).float())  # ties everywhere
+    boundary = torch.randn(vocab, generator=generator)
+    boundary[[5, 700, 701, 3000, vocab - 1]] = 9.0  # a tie at the list's boundary
+    boundary[[40, 1500, 2222, 3001, 3002, 3003, 3500, 3800]] = 10.0
+    rows.append(boundary)
+    infinite = torch.randn(vocab, generator=generator)
+    infinite[[7, 900]], infinite[[8, vocab - 2]] = float("inf"), float("-inf")
+    rows.append(infinite)
+    tail = torch.randn(vocab, generator=generator)
+    tail[-30:] = torch.linspace(20, 30, 30)  # the best all in the tail past the last chunk
+    tail[-37:-30] = -torch.linspace(20, 30, 7)
+    rows.append(tail)
+    signed = torch.zeros(vocab)
+    signed[::3] = -0.0
+    rows.append(signed)
+    scores = torch.stack(rows)
+    excluded = torch.tensor([3, 1500, 900])
+    from worker.engine.token_lists import extremes
+
+    got = extremes(scores.clone(), t, excluded)
+    for largest, values, ids in (
+        (True, got.top_values, got.top_ids),
+        (False, got.bottom_values, got.bottom_ids),
+    ):
+        masked = scores.clone()
+        masked[:, excluded] = float("-inf") if largest else float("inf")
+        ref_values, ref_ids = _sorted_reference(masked, t, largest)
+        assert torch.equal(ids, ref_ids), largest
+        assert torch.equal(values.view(torch.int32), ref_values.view(torch.int32)), largest
+    with_nan = scores[:2].clone()
+    with_nan[0, 100] = float("nan")
+    nan_lists = extremes(with_nan.clone(), t, None)
+    ref_values, ref_ids = _sorted_reference(with_nan[1:], t, True)
+    assert torch.equal(nan_lists.top_ids[1:], ref_ids)
