@@ -154,13 +154,20 @@ class TokenLists:
         self._score([a for a in asked if a.projection.coef != 0])
         refused: dict[object, ActqError] = {}
         for a in asked:
-            if a.owner in refused:
+            if a.owner in refused or a.projection.coef == 0:
                 continue
-            if a.projection.coef != 0 and self.scored[(a.kind, a.t, a.projection.key)] is None:
+            if self.scored[(a.kind, a.t, a.projection.key)] is None:
                 refused[a.owner] = _too_small(a.t)
-                continue
-            values, ids = self._node_lists(a.projection, a.kind, a.t)
-            a.wire.update(self.wire(values, ids, a.flip))
+        by_t: dict[int, list[_Asked]] = {}
+        for a in asked:
+            if a.owner not in refused:
+                by_t.setdefault(a.t, []).append(a)
+        for t, group in by_t.items():
+            values, ids = self._node_lists(group, t)
+            for a, wire in zip(
+                group, self.wires(values, ids, [a.flip for a in group]), strict=True
+            ):
+                a.wire.update(wire)
         return refused
 
     def _score(self, asked: list[_Asked]) -> None:
@@ -189,18 +196,37 @@ class TokenLists:
                         key = block[rows[row]]
                         self.scored[(kind, t, key)] = (ex, row) if finite else None
 
-    def _node_lists(self, p: Projection, kind: str, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[2, t] values and ids (top row, bottom row) of one node."""
-        if p.coef == 0:
-            ids = self._zero_row_ids(t)
-            return torch.zeros(2, t, device=ids.device), torch.stack([ids, ids])
-        ex, row = self.scored[(kind, t, p.key)]
-        top = (ex.top_values[row], ex.top_ids[row])
-        bottom = (ex.bottom_values[row], ex.bottom_ids[row])
-        if p.coef < 0:
-            top, bottom = bottom, top
-        coef = torch.tensor(p.coef, dtype=top[0].dtype, device=top[0].device)
-        return torch.stack([coef * top[0], coef * bottom[0]]), torch.stack([top[1], bottom[1]])
+    def _node_lists(self, asked: list[_Asked], t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, 2, t] values and ids (top row, bottom row) of each node asked for, gathered from
+        its direction's lists in one indexing per scored block (one per node cost more than
+        the lists): a negative coefficient swaps top and bottom, a zero one is an all-zero row."""
+        by_block: dict[int, tuple[Extremes, list[int], list[int]]] = {}
+        for n, a in enumerate(asked):
+            if a.projection.coef != 0:
+                ex, row = self.scored[(a.kind, t, a.projection.key)]
+                entry = by_block.setdefault(id(ex), (ex, [], []))
+                entry[1].append(n)
+                entry[2].append(row)
+        device = self.weights.W_E.device
+        dtype = next(iter(by_block.values()))[0].top_values.dtype if by_block else torch.float32
+        tops = torch.zeros(len(asked), t, dtype=dtype, device=device)
+        bottoms = torch.zeros_like(tops)
+        top_ids = torch.zeros(len(asked), t, dtype=torch.long, device=device)
+        zero = [n for n, a in enumerate(asked) if a.projection.coef == 0]
+        if zero:
+            top_ids[torch.tensor(zero, device=device)] = self._zero_row_ids(t)
+        bottom_ids = top_ids.clone()
+        for ex, at, rows in by_block.values():
+            at_t, rows_t = torch.tensor(at, device=device), torch.tensor(rows, device=device)
+            tops[at_t], top_ids[at_t] = ex.top_values[rows_t], ex.top_ids[rows_t]
+            bottoms[at_t], bottom_ids[at_t] = ex.bottom_values[rows_t], ex.bottom_ids[rows_t]
+        coefs = [a.projection.coef if a.projection.coef != 0 else 0.0 for a in asked]  # no -0.0
+        coef = torch.tensor(coefs, dtype=dtype, device=device)[:, None]
+        swap = (coef < 0).expand(-1, t)
+        top = (torch.where(swap, bottoms, tops), torch.where(swap, bottom_ids, top_ids))
+        bottom = (torch.where(swap, tops, bottoms), torch.where(swap, top_ids, bottom_ids))
+        values = torch.stack([coef * top[0], coef * bottom[0]], dim=1)
+        return values, torch.stack([top[1], bottom[1]], dim=1)
 
     def _zero_row_ids(self, t: int) -> torch.Tensor:
         """An all-zero row ties everywhere: the t smallest ids that are not excluded (cached:
@@ -215,17 +241,28 @@ class TokenLists:
         return self._zero_rows[t]
 
     def wire(self, values: torch.Tensor, ids: torch.Tensor, flip: bool) -> dict:
-        """§5.7 steps 4-6: normalise by the larger first magnitude, decode, maybe swap."""
-        m = torch.maximum(values[0, 0].abs(), values[1, 0].abs())
-        normalized = torch.zeros_like(values) if m == 0 else values / m
-        top, bottom = (
-            [
-                {"token": self.decode(i), "scalar": v, "normalizedScalar": n}
-                for v, i, n in zip(vs, is_, ns, strict=True)
-            ]
-            for vs, is_, ns in zip(values.tolist(), ids.tolist(), normalized.tolist(), strict=True)
-        )
-        return {"top": bottom, "bottom": top} if flip else {"top": top, "bottom": bottom}
+        """§5.7 steps 4-6 of one node's [2, t] values and ids (`wires`)."""
+        return self.wires(values[None], ids[None], [flip])[0]
+
+    def wires(self, values: torch.Tensor, ids: torch.Tensor, flips: list[bool]) -> list[dict]:
+        """§5.7 steps 4-6 of [n, 2, t] lists: normalise each by its larger first magnitude,
+        decode, maybe swap; the tensors are read into Python once for all n."""
+        m = torch.maximum(values[:, 0, 0].abs(), values[:, 1, 0].abs())[:, None, None]
+        normalized = torch.where(m == 0, torch.zeros_like(values), values / m)
+        decode = self.decode
+        out = []
+        for node_values, node_ids, node_normalized, flip in zip(
+            values.tolist(), ids.tolist(), normalized.tolist(), flips, strict=True
+        ):
+            top, bottom = (
+                [
+                    {"token": decode(i), "scalar": v, "normalizedScalar": n}
+                    for v, i, n in zip(vs, is_, ns, strict=True)
+                ]
+                for vs, is_, ns in zip(node_values, node_ids, node_normalized, strict=True)
+            )
+            out.append({"top": bottom, "bottom": top} if flip else {"top": top, "bottom": bottom})
+        return out
 
 
 class TokenScorer:
