@@ -249,9 +249,12 @@ class ScoredDirections:
         self.count = 0
 
     def __enter__(self) -> ScoredDirections:
-        from worker.engine import tokens
+        # patched where the scorer looks them up (token_lists imports them by name: patching
+        # only worker.engine.tokens counted nothing once the scorer moved there)
+        from worker.engine import token_lists
 
-        self._tokens, self._saved = tokens, (tokens.write_scores, tokens.read_scores)
+        self._module = token_lists
+        self._saved = (token_lists.write_scores, token_lists.read_scores)
 
         def counted(score):
             def scored(weights, directions):
@@ -260,11 +263,11 @@ class ScoredDirections:
 
             return scored
 
-        tokens.write_scores, tokens.read_scores = (counted(s) for s in self._saved)
+        token_lists.write_scores, token_lists.read_scores = (counted(s) for s in self._saved)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._tokens.write_scores, self._tokens.read_scores = self._saved
+        self._module.write_scores, self._module.read_scores = self._saved
 
 
 def vocab_gemm(hf, n_directions: int, repeats: int, device: str) -> list[float]:

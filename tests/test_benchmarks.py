@@ -64,6 +64,9 @@ def test_the_records_benchmark_runs_quick():
 def test_the_engine_benchmark_runs_quick():
     done = _run("engine.py", _env())
     assert re.search(r"^batched_tdb\s+8\s", done.stdout, flags=re.MULTILINE), done.stdout
+    counted = re.findall(r"vocabulary GEMM of (\d+) directions", done.stdout)
+    # the UI pair scores directions (the node tables none): the floor counts its GEMM rows
+    assert any(int(n) > 0 for n in counted), done.stdout
     assert re.search(r"^multiple_top_k_derived_scalars\s+8\s", done.stdout, flags=re.MULTILINE)
 
 
