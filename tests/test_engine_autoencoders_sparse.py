@@ -183,3 +183,30 @@ def test_an_ablated_layers_sparse_graph_gives_the_dense_graphs_values_and_gradie
     assert torch.allclose(x_grad, dense_x_grad, rtol=1e-4, atol=1e-5)
     assert not torch.equal(x_grad, grad_out)  # the ablation's gradient did reach the encoder
     assert torch.allclose(latent_grad * needed, dense_latent_grad * needed, rtol=1e-4, atol=1e-5)
+
+
+def test_equal_sequences_of_a_pass_share_one_encoder_product_bit_for_bit():
+    """The encoder runs once per distinct sequence (autoencoders.injection.encode_sequences): the
+    copies are the bits the whole batch's product gives, and unequal sequences are never merged."""
+    injection = pytest.importorskip("worker.engine.autoencoders.injection")
+    model_layer = pytest.importorskip("worker.engine.autoencoders.model")
+    g = torch.Generator().manual_seed(6)
+    n, m = 3072, 2048
+    part = model_layer.AutoencoderLayer(
+        torch.randn(n, generator=g) * 0.1,
+        torch.randn(m, n, generator=g) / n**0.5,
+        torch.randn(m, generator=g) - 1.5,
+        torch.randn(n, m, generator=g),
+    )
+    a, b = torch.randn(2, 60, n, generator=g)
+    nearly = a.clone()
+    nearly[59, 7] = torch.nextafter(nearly[59, 7], torch.tensor(1e9))  # one ulp apart
+    x = torch.stack([a, b, a, nearly, b])
+    assert injection.equal_sequences(x) == [0, 1, 0, 3, 1]
+    with torch.no_grad():
+        shared = injection.encode_sequences(part, x)
+        whole = part.encode(x)
+    assert torch.equal(shared, whole)
+    assert shared.data_ptr() != x.data_ptr() and shared[0].data_ptr() != shared[2].data_ptr()
+    distinct = torch.stack([a, b])
+    assert injection.equal_sequences(distinct) == [0, 1]

@@ -48,7 +48,7 @@ def _substitution(ae: Autoencoder, part: AutoencoderLayer, layer: int):
         if key in hooks.forward or key in hooks.backward:
             return _whole_graph(ae, part, layer, x, hooks)
         with torch.no_grad():
-            z = part.encode(x)
+            z = encode_sequences(part, x)
         latents = z  # a fresh tensor: the hooks copy before they change it (hooks.overwrite)
         if x.requires_grad:
             latents = z.detach().requires_grad_(True)
@@ -62,6 +62,40 @@ def _substitution(ae: Autoencoder, part: AutoencoderLayer, layer: int):
         return through_latents(rec, latents, rows) + error
 
     return substitute
+
+
+def encode_sequences(part: AutoencoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """``part.encode(x)`` for x [B, T, n] (no gradient), the encoder product computed once per
+    distinct sequence and copied to its equals: the sequences of a pass are often equal at a
+    layer (TDB's UI pair is one prompt twice, ablated at one layer, so equal before it; a sweep's
+    are equal before their ablations), and the encoder is the pass's largest product. The
+    product of the distinct sequences is whole sequences of a pass, as wide as the pass and a
+    multiple of 4 (README, "Shared passes"): each row gets the bits the whole product gives it."""
+    source = equal_sequences(x)
+    distinct = sorted(set(source))
+    if len(distinct) == len(source):
+        return part.encode(x)
+    z = part.encode(x[distinct])
+    at = {b: i for i, b in enumerate(distinct)}
+    return z[[at[b] for b in source]]  # a fresh tensor, each sequence its own copy
+
+
+def equal_sequences(x: torch.Tensor) -> list[int]:
+    """For each sequence of x [B, ...], the first one equal to it (itself if none): sequences
+    with the same sum are compared whole, the others cannot be equal (a sum that rounds apart
+    only loses a sharing; NaNs are never equal)."""
+    if x.dim() < 2 or x.shape[0] == 1:
+        return list(range(x.shape[0]))
+    sums = x.reshape(x.shape[0], -1).sum(dim=1).tolist()
+    firsts: dict[float, list[int]] = {}
+    source = []
+    for b, total in enumerate(sums):
+        candidates = firsts.setdefault(total, [])
+        match = next((c for c in candidates if torch.equal(x[c], x[b])), None)
+        if match is None:
+            candidates.append(b)
+        source.append(b if match is None else match)
+    return source
 
 
 def _whole_graph(ae, part: AutoencoderLayer, layer: int, x: torch.Tensor, hooks: Hooks):
