@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,21 +71,16 @@ def claim(
     published again with ``publish`` (else by the reaper)."""
     with sessions.begin() as session:
         chosen = fairness.next_fair_job(session, job_id, max_attempts)
-        attempt = None
+        claimed = None
         if chosen != job_id:
-            attempt = store.claim_job(
-                session, chosen, worker, lease_seconds, max_attempts=max_attempts
-            )
-        if attempt is None:  # its own turn, or another worker took the chosen job first
+            claimed = _claim(session, chosen, worker, lease_seconds, max_attempts)
+        if claimed is None:  # its own turn, or another worker took the chosen job first
             chosen = job_id
-            attempt = store.claim_job(
-                session, job_id, worker, lease_seconds, max_attempts=max_attempts
-            )
-        if attempt is None:
+            claimed = _claim(session, job_id, worker, lease_seconds, max_attempts)
+        if claimed is None:
             return None
         # the message's job, if still queued, needs a new message: it goes back to the outbox
         republish = chosen != job_id and recovery.unpublish(session, job_id)
-        claimed = _claimed(session, chosen, attempt)
     if chosen != job_id:
         log.info("Job %s: its turn went to %s (fair order between owners)", job_id, chosen)
     if republish:
@@ -104,18 +98,25 @@ def claim_exact(
     """Claim ``job_id`` itself, or None: a co-batching worker's companions (``worker.cobatch``),
     which ride along with a job the fair order already chose."""
     with sessions.begin() as session:
-        attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
-        if attempt is None:
-            return None
-        return _claimed(session, job_id, attempt)
+        return _claim(session, job_id, worker, lease_seconds, max_attempts)
 
 
-def _claimed(session: Session, job_id: str, attempt: int) -> Claimed:
-    """What running the claimed job needs, in one query (not the whole row and its runs)."""
-    endpoint, model, request, tags = session.execute(
-        select(Job.endpoint, Job.model, Job.request, Job.tags).where(Job.id == job_id)
-    ).one()
-    return Claimed(job_id, attempt, endpoint, model, request, list(tags or []))
+def _claim(
+    session: Session, job_id: str, worker: str, lease_seconds: float, max_attempts: int | None
+) -> Claimed | None:
+    """Claim ``job_id``; what running it needs comes back with the claim's UPDATE (not the whole
+    row and its runs, and no second query), or None when it was not claimable."""
+    row = store.claim_job_returning(
+        session,
+        job_id,
+        worker,
+        lease_seconds,
+        max_attempts=max_attempts,
+        returning=(Job.endpoint, Job.model, Job.request, Job.tags),
+    )
+    if row is None:
+        return None
+    return Claimed(job_id, row.attempts, row.endpoint, row.model, row.request, list(row.tags or []))
 
 
 def _republish(sessions, job_id: str, model: str, publish: Publish | None) -> None:
