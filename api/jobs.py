@@ -22,8 +22,9 @@ from api.schemas import JobList, SkippedRow, accepted, job_view
 from api.submission import request_body, submit, wait_cap, wait_for
 from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.store.corrupt import job_corruption, split_readable
-from models.store.jobs import JobFilter, get_job, get_outcome, list_jobs, response_bytes
+from models.store.jobs import JobFilter, get_job, list_jobs, response_bytes
 from models.store.lifecycle import ENDPOINTS, JobStatus
+from models.store.outcomes import get_outcome
 from models.store.recovery import request_cancel
 from models.store.run_keys import parse_key
 from models.store.tables import Job

@@ -34,8 +34,9 @@ from models.checks.cost import check_cost, estimate_cost
 from models.checks.json_shape import check_json_shape
 from models.errors import NotFoundError
 from models.store.cache import reuse_result
-from models.store.jobs import create_job, get_job, get_outcome
+from models.store.jobs import create_job, get_job
 from models.store.lifecycle import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
+from models.store.outcomes import get_outcome
 from models.store.record_lookup import require_record
 from models.store.recovery import mark_published
 from models.store.tables import Job

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Float, and_, case, cast, exists, or_, select, update
-from sqlalchemy.orm import Session, raiseload
+from sqlalchemy.orm import Session
 
 from models.store import compression
 from models.store.lifecycle import JobStatus
@@ -139,12 +139,6 @@ def create_job(
 
 def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
-
-
-def get_outcome(session: Session, job_id: str) -> Job | None:
-    """The job without its runs, which its result does not need (status, response, error): one
-    query where ``get_job`` takes two (the runs are loaded with the row). Its ``runs`` raise."""
-    return session.get(Job, job_id, options=[raiseload(Job.runs)])
 
 
 def claim_job(
