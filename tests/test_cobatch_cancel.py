@@ -61,8 +61,8 @@ def test_a_cancel_after_the_last_look_still_beats_the_finish(
     else:  # a job run alone at once: its claim was the look (a canceled job is not claimable)
         real_claim = cobatch.claim
 
-        def claim_then_cancel(sessions_, job_id, *args):
-            claimed = real_claim(sessions_, job_id, *args)
+        def claim_then_cancel(sessions_, job_id, *args, **kwargs):
+            claimed = real_claim(sessions_, job_id, *args, **kwargs)
             looks.append(job_id)
             assert claimed is not None and _cancel(sessions, job_id) == "started"
             return claimed

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +34,9 @@ class Claimed:
     model: str
     request: Any
     tags: list[str]
+    # claim(waiting=True): the model's queued jobs and their places in the fair order, read in
+    # the claim's own transaction (a co-batching worker's candidates, ``worker.cobatch``)
+    queued: dict[str, int] | None = None
 
 
 def claim(
@@ -43,12 +46,15 @@ def claim(
     lease_seconds: float,
     max_attempts: int | None = None,
     publish: Publish | None = None,
+    waiting: bool = False,
 ) -> Claimed | None:
     """Claim the job the fair order puts first for a message of ``job_id``
     (``models.store.fairness``); returns what the run needs, or None.
 
     When that is another job, ``job_id`` goes back to the outbox in the same transaction and is
-    published again with ``publish`` (else by the reaper)."""
+    published again with ``publish`` (else by the reaper). ``waiting``: the claimed job's
+    ``queued`` holds its model's queued jobs (none for ``model_info``), read in the same
+    transaction rather than in one of their own."""
     with sessions.begin() as session:
         chosen = fairness.next_fair_job(session, job_id, max_attempts)
         claimed = None
@@ -61,6 +67,9 @@ def claim(
             return None
         # the message's job, if still queued, needs a new message: it goes back to the outbox
         republish = chosen != job_id and recovery.unpublish(session, job_id)
+        if waiting and claimed.endpoint != "model_info":
+            queued = fairness.queue_positions(session, claimed.model, max_attempts)
+            claimed = replace(claimed, queued=queued)
     if chosen != job_id:
         log.info("Job %s: its turn went to %s (fair order between owners)", job_id, chosen)
     if republish:

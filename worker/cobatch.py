@@ -60,12 +60,15 @@ def claim_companions(
     worker: str,
     limits: JobLimits,
     count: int,
+    place: dict[str, int] | None = None,
 ) -> list[tuple[str, Claimed]]:
-    """Claim up to ``count`` waiting jobs for ``model_name`` besides ``lead_id``."""
+    """Claim up to ``count`` waiting jobs for ``model_name`` besides ``lead_id``; ``place``: the
+    queued jobs' places in the fair order, when the lead's claim read them."""
     if count <= 0:
         return []
-    with sessions() as session:
-        place = fairness.queue_positions(session, model_name, limits.max_attempts)
+    if place is None:
+        with sessions() as session:
+            place = fairness.queue_positions(session, model_name, limits.max_attempts)
     candidates = [j for j in sorted(place, key=place.__getitem__) if j != lead_id][: 2 * count]
     claimed = []
     for job_id in candidates:
@@ -101,7 +104,15 @@ def execute_jobs(
     returns."""
     worker = worker or worker_name()
     limits = effective_limits(limits)
-    lead = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts, publish)
+    lead = claim(
+        sessions,
+        job_id,
+        worker,
+        limits.lease_seconds,
+        limits.max_attempts,
+        publish,
+        waiting=batch_jobs > 1,
+    )
     if lead is None:
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
@@ -109,7 +120,8 @@ def execute_jobs(
     log.info("Job %s: claimed by %s (attempt %d)", lead_id, worker, lead.attempt)
     jobs = [(lead_id, lead)]
     if lead.endpoint != "model_info":
-        jobs += claim_companions(sessions, lead_id, lead.model, worker, limits, batch_jobs - 1)
+        count = batch_jobs - 1
+        jobs += claim_companions(sessions, lead_id, lead.model, worker, limits, count, lead.queued)
     if len(jobs) == 1:
         kept: list = []  # the response's objects, freed once the job is announced
         status = run_claimed(

@@ -16,17 +16,21 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, defer, raiseload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from models.store.lifecycle import JobStatus
 from models.store.tables import Job
 
 _READ_RESPONSE = f"SELECT response FROM {Job.__tablename__} WHERE id = %s"
 
 
 def get_outcome(session: Session, job_id: str) -> Job | None:
-    """The job for its result: its ``runs`` raise (not loaded), its ``response`` is the stored
-    bytes as ``get_job`` gives them."""
+    """The job for its result: its ``runs`` raise (not loaded); its ``response`` is the stored
+    bytes as ``get_job`` gives them when it finished, else None (not read: only a finished job
+    has a result to send)."""
     job = session.get(Job, job_id, options=[raiseload(Job.runs), defer(Job.response)])
     if job is not None and "response" in inspect(job).unloaded:
-        set_committed_value(job, "response", stored_response(session, job_id))
+        finished = job.status == JobStatus.FINISHED.value
+        response = stored_response(session, job_id) if finished else None
+        set_committed_value(job, "response", response)
     return job
 
 
