@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+import urllib3
 
 from models.settings import DEFAULT_API_URL, Settings
 
@@ -41,6 +42,26 @@ def _body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def whole_body(response: requests.Response) -> bytes:
+    """The body of a streamed response, read and inflated in one call.
+
+    requests' ``.content`` inflates a compressed body 10 KB at a time, each step bounded in what it
+    may produce; for a result (300 KB deflated, 1.1 MB of JSON) that took about twice as long as
+    one inflate of the whole body, 5 ms more per result. Errors are requests' own, as there."""
+    try:
+        return response.raw.read(decode_content=True)
+    except urllib3.exceptions.ProtocolError as error:
+        raise requests.exceptions.ChunkedEncodingError(error) from error
+    except urllib3.exceptions.DecodeError as error:
+        raise requests.exceptions.ContentDecodingError(error) from error
+    except urllib3.exceptions.ReadTimeoutError as error:
+        raise requests.exceptions.ConnectionError(error) from error
+    except urllib3.exceptions.SSLError as error:
+        raise requests.exceptions.SSLError(error) from error
+    finally:
+        response.close()  # the connection went back to the pool when its body was read
 
 
 class Client:
@@ -106,10 +127,20 @@ class Client:
     def result(self, job_id: str, wait: float | None = None) -> tuple[int, bytes]:
         """(HTTP status, body bytes): 200 and the TDB response, 202 pending, or an error."""
         params = {"wait": wait} if wait else None
-        response = self._get(f"/v1/jobs/{job_id}/result", params, self.timeout + (wait or 0))
+        response = self.http.get(
+            f"{self.url}/v1/jobs/{job_id}/result",
+            params=params,
+            timeout=self.timeout + (wait or 0),
+            stream=True,
+        )
+        body = whole_body(response)
         if response.status_code == 404:
-            self._checked(response)
-        return response.status_code, response.content
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = body.decode("utf-8", "replace")
+            raise ClientError(404, parsed)
+        return response.status_code, body
 
     def result_json(self, job_id: str, wait: float | None = None) -> dict:
         status, body = self.result(job_id, wait)

@@ -24,6 +24,7 @@ from models.errors import ActqError, NotFoundError, RequestValidationError
 from models.store.corrupt import job_corruption, split_readable
 from models.store.jobs import JobFilter, get_job, list_jobs, response_bytes
 from models.store.lifecycle import ENDPOINTS, JobStatus
+from models.store.outcomes import get_outcome
 from models.store.recovery import request_cancel
 from models.store.run_keys import parse_key
 from models.store.tables import Job
@@ -109,7 +110,7 @@ def submit_job(endpoint: str):
     job = submit(endpoint, request_body(), request.args.get("model"), job_label(), job_tags())
     warnings = job.warnings
     if wait > 0:
-        job = wait_for(job.id, wait) or job
+        job = wait_for(job.id, wait, outcome=True) or job
         if JobStatus(job.status).is_final:
             return _with_warnings(result_response(job), warnings)
     response = jsonify(accepted(job).body())
@@ -125,8 +126,8 @@ def _with_warnings(response: Response, warnings: list | None) -> Response:
     return response
 
 
-def _find(job_id: str) -> Job:
-    job = get_job(get_session(), job_id)
+def _find(job_id: str, read=get_job) -> Job:
+    job = read(get_session(), job_id)
     if job is None:
         raise NotFoundError(f"no job {job_id!r}", path="id")
     return job
@@ -146,13 +147,17 @@ def job_status(job_id: str):
 
 @bp.get("/jobs/<job_id>/result")
 def job_result(job_id: str):
-    job = _find(job_id)
+    job = _find(job_id, read=get_outcome)  # a result needs no runs (a pending answer does)
     wait = min(query_float("wait", 0.0) or 0.0, wait_cap())
-    if wait > 0 and not JobStatus(job.status).is_final:
-        job = wait_for(job_id, wait) or job
     if JobStatus(job.status).is_final:
         return result_response(job)
-    return pending_response(job)
+    waited = wait_for(job_id, wait, outcome=True) if wait > 0 else None
+    if waited is not None and JobStatus(waited.status).is_final:
+        return result_response(waited)
+    if waited is None:
+        get_session().expunge(job)
+        waited = _find(job_id)
+    return pending_response(waited)
 
 
 class ConflictError(ActqError):

@@ -36,6 +36,7 @@ from models.errors import NotFoundError
 from models.store.cache import reuse_result
 from models.store.jobs import create_job, get_job
 from models.store.lifecycle import ENDPOINTS, JOB_DONE_CHANNEL, JobStatus
+from models.store.outcomes import get_outcome
 from models.store.record_lookup import require_record
 from models.store.recovery import mark_published
 from models.store.tables import Job
@@ -177,33 +178,41 @@ def fresh_requested() -> bool:
     return raw.lower() in ("1", "true", "yes")
 
 
-def wait_for(job_id: str, seconds: float) -> Job | None:
+def wait_for(job_id: str, seconds: float, outcome: bool = False) -> Job | None:
     """Look at the job's status until it is final or ``seconds`` pass; returns the job then.
 
     With a Redis broker the look follows each "job done" announcement of the workers (and every
     half second regardless); otherwise it polls. A look reads one column by primary key; the
-    whole row (with its response) is read once, at the end."""
+    whole row (with its response) is read once, at the end, in the same session. A job announced
+    done was stored before the announcement, so then the row is read at once, without the look.
+    ``outcome``: a final job is read without its runs (``get_outcome``: what its result needs)."""
     with waiter_slot():
-        return _wait(job_id, seconds)
+        return _wait(job_id, seconds, get_outcome if outcome else get_job)
 
 
-def _wait(job_id: str, seconds: float) -> Job | None:
+def _wait(job_id: str, seconds: float, read_final) -> Job | None:
     deadline = time.monotonic() + max(0.0, seconds)
-    announcements, subscribed, delay = None, False, 0.002
+    announcements, subscribed, delay, announced = None, False, 0.002, False
     try:
         while True:
             with sessions()() as session:
+                if announced:
+                    job = read_final(session, job_id)
+                    if job is None or JobStatus(job.status).is_final:
+                        return job
                 status = session.scalar(select(Job.status).where(Job.id == job_id))
-            left = deadline - time.monotonic()
-            if status is None or JobStatus(status).is_final or left <= 0:
-                with sessions()() as session:
+                left = deadline - time.monotonic()
+                if status is not None and JobStatus(status).is_final:
+                    return read_final(session, job_id)
+                if status is None or left <= 0:
                     return get_job(session, job_id)
             if not subscribed:  # about to wait for the first time: subscribe, if there is Redis
                 announcements, subscribed = _job_done_announcements(), True
                 if announcements is not None:
                     continue  # look once more: the job may have finished before the subscription
             if announcements is not None:
-                _await_announcement(announcements, job_id, min(left, ANNOUNCED_LOOK_SECONDS))
+                wait = min(left, ANNOUNCED_LOOK_SECONDS)
+                announced = _await_announcement(announcements, job_id, wait)
             else:
                 time.sleep(min(delay, left))
                 delay = min(delay * 1.5, POLL_CAP_SECONDS * max(1, waiting_now()))
@@ -231,16 +240,17 @@ def _job_done_announcements():
         return None
 
 
-def _await_announcement(pubsub, job_id: str, seconds: float) -> None:
-    """Return when ``job_id`` is announced, or after ``seconds``, or on a Redis error."""
+def _await_announcement(pubsub, job_id: str, seconds: float) -> bool:
+    """True when ``job_id`` is announced; False after ``seconds``, or on a Redis error."""
     end = time.monotonic() + seconds
     try:
         while (left := end - time.monotonic()) > 0:
             message = pubsub.get_message(timeout=left)
             if message is not None and message.get("data") in (job_id, job_id.encode()):
-                return
+                return True
     except redis.RedisError:
         time.sleep(max(0.0, min(POLL_CAP_SECONDS, end - time.monotonic())))
+    return False
 
 
 def wait_cap() -> float:

@@ -48,7 +48,8 @@ def _serve(endpoint: str) -> Response:
         job = submit(endpoint, request_body(), request.args.get("model"))
     except ActqError as error:
         return tdb_error(error)
-    job = wait_for(job.id, current_app.config["ACTQ_SETTINGS"].tdb_wait_seconds) or job
+    seconds = current_app.config["ACTQ_SETTINGS"].tdb_wait_seconds
+    job = wait_for(job.id, seconds, outcome=True) or job
     if job.status == JobStatus.FINISHED:
         return result_response(job)
     if JobStatus(job.status).is_final:

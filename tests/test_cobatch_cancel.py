@@ -46,18 +46,30 @@ def test_a_cancel_after_the_last_look_still_beats_the_finish(
 ):
     ids = [_submit(sessions, case) for case in OK] if together else [_submit(sessions, OK[0])]
     late = ids[-1]
-    module = cobatch if together else execution
-    real = module.stop_if_canceled
     looks = []
+    if together:  # each packed job looks once before the pack runs
+        real = cobatch.stop_if_canceled
 
-    def look_then_cancel(sessions_, job_id, attempt, patience):
-        stopped = real(sessions_, job_id, attempt, patience)
-        looks.append(job_id)
-        if job_id == late:  # a cancel arriving just after each look the worker takes
-            assert stopped is None and _cancel(sessions, job_id) == "started"
-        return stopped
+        def look_then_cancel(sessions_, job_id, attempt, patience):
+            stopped = real(sessions_, job_id, attempt, patience)
+            looks.append(job_id)
+            if job_id == late:  # a cancel arriving just after each look the worker takes
+                assert stopped is None and _cancel(sessions, job_id) == "started"
+            return stopped
 
-    monkeypatch.setattr(module, "stop_if_canceled", look_then_cancel)
+        monkeypatch.setattr(cobatch, "stop_if_canceled", look_then_cancel)
+    else:  # a job run alone at once: its claim was the look (a canceled job is not claimable)
+        real_claim = cobatch.claim
+
+        def claim_then_cancel(sessions_, job_id, *args, **kwargs):
+            claimed = real_claim(sessions_, job_id, *args, **kwargs)
+            looks.append(job_id)
+            assert claimed is not None and _cancel(sessions, job_id) == "started"
+            return claimed
+
+        monkeypatch.setattr(cobatch, "claim", claim_then_cancel)
+        no_look = lambda *args: pytest.fail("a second look before the engine")  # noqa: E731
+        monkeypatch.setattr(execution, "stop_if_canceled", no_look)
     status = execute_jobs(
         sessions, ids[0], model=lambda: engine_model, batch_jobs=len(ids), announce=lambda _: None
     )

@@ -2,7 +2,7 @@
 together (``ACTQ_BATCH_JOBS``, default 8 jobs at once; 1 turns it off).
 
 * **Claim**: the lead is the job the fair order between owners chose for the message
-  (``worker.execution.claim``); ``claim_companions`` is the one place that picks the others: up
+  (``worker.claims.claim``); ``claim_companions`` is the one place that picks the others: up
   to N - 1 queued jobs for the lead's model, in that same order (``models.store.fairness``),
   each claimed with the same conditional UPDATE as a job sent alone (``claim_job``), so a job
   another worker claimed first is skipped and nothing is claimed twice. Their own messages, delivered later, claim nothing.
@@ -34,12 +34,9 @@ from models.errors import ActqError
 from models.store import fairness
 from models.store.runs import run_losses
 from models.wire.encoding import dumps
+from worker.claims import Claimed, Publish, claim, claim_exact
 from worker.execution import (
     FINAL_STATUSES,
-    Claimed,
-    Publish,
-    claim,
-    claim_exact,
     effective_limits,
     error_record,
     heartbeat,
@@ -63,12 +60,15 @@ def claim_companions(
     worker: str,
     limits: JobLimits,
     count: int,
+    place: dict[str, int] | None = None,
 ) -> list[tuple[str, Claimed]]:
-    """Claim up to ``count`` waiting jobs for ``model_name`` besides ``lead_id``."""
+    """Claim up to ``count`` waiting jobs for ``model_name`` besides ``lead_id``; ``place``: the
+    queued jobs' places in the fair order, when the lead's claim read them."""
     if count <= 0:
         return []
-    with sessions() as session:
-        place = fairness.queue_positions(session, model_name, limits.max_attempts)
+    if place is None:
+        with sessions() as session:
+            place = fairness.queue_positions(session, model_name, limits.max_attempts)
     candidates = [j for j in sorted(place, key=place.__getitem__) if j != lead_id][: 2 * count]
     claimed = []
     for job_id in candidates:
@@ -98,13 +98,21 @@ def execute_jobs(
     waiting jobs; returns the final status of the job the message's turn ran (None if nothing
     was claimable).
 
-    The lead is the job the fair order between owners puts first (``execution.claim``, which
+    The lead is the job the fair order between owners puts first (``claims.claim``, which
     may be another job than ``job_id``, sent again with ``publish``); its companions ride along.
     Every job claimed here is run to its end and announced (``announce(id)``) before this
     returns."""
     worker = worker or worker_name()
     limits = effective_limits(limits)
-    lead = claim(sessions, job_id, worker, limits.lease_seconds, limits.max_attempts, publish)
+    lead = claim(
+        sessions,
+        job_id,
+        worker,
+        limits.lease_seconds,
+        limits.max_attempts,
+        publish,
+        waiting=batch_jobs > 1,
+    )
     if lead is None:
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
@@ -112,11 +120,16 @@ def execute_jobs(
     log.info("Job %s: claimed by %s (attempt %d)", lead_id, worker, lead.attempt)
     jobs = [(lead_id, lead)]
     if lead.endpoint != "model_info":
-        jobs += claim_companions(sessions, lead_id, lead.model, worker, limits, batch_jobs - 1)
+        count = batch_jobs - 1
+        jobs += claim_companions(sessions, lead_id, lead.model, worker, limits, count, lead.queued)
     if len(jobs) == 1:
-        status = run_claimed(sessions, lead_id, lead, model=model, limits=limits)
+        kept: list = []  # the response's objects, freed once the job is announced
+        status = run_claimed(
+            sessions, lead_id, lead, model=model, limits=limits, looked=True, keep=kept
+        )
         if status in FINAL_STATUSES:
             announce(lead_id)
+        kept.clear()
         return status
     statuses = run_together(sessions, jobs, model, limits, announce)
     return statuses[lead_id]

@@ -14,19 +14,18 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import ActqError
-from models.store import fairness, recovery
 from models.store import jobs as store
+from models.store import recovery
 from models.store.runs import run_losses
-from models.store.tables import Job
 from models.wire.encoding import dumps
+from worker.claims import Claimed, Publish, claim
 from worker.engine.stopping import check_stop, stop_when
 from worker.limits import STORE_PATIENCE_SECONDS, JobLimits, SoftTimeLimit, soft_time_limit
 from worker.normalization import normalizing
@@ -39,96 +38,11 @@ DB_CONNECTION_ERRORS = (OperationalError, InterfaceError, DisconnectionError)
 Runner = Callable[[str, Any, Any], dict]
 
 
-@dataclass(frozen=True)
-class Claimed:
-    job_id: str  # the job claimed: the message's own, or the one the fair order put first
-    attempt: int
-    endpoint: str
-    model: str
-    request: Any
-    tags: list[str]
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 FINAL_STATUSES = ("finished", "failed", "canceled")
-Publish = Callable[[str, str], None]  # (job id, model): send the job's message again
-
-
-def claim(
-    sessions: sessionmaker[Session],
-    job_id: str,
-    worker: str,
-    lease_seconds: float,
-    max_attempts: int | None = None,
-    publish: Publish | None = None,
-) -> Claimed | None:
-    """Claim the job the fair order puts first for a message of ``job_id``
-    (``models.store.fairness``); returns what the run needs, or None.
-
-    When that is another job, ``job_id`` goes back to the outbox in the same transaction and is
-    published again with ``publish`` (else by the reaper)."""
-    with sessions.begin() as session:
-        chosen = fairness.next_fair_job(session, job_id, max_attempts)
-        attempt = None
-        if chosen != job_id:
-            attempt = store.claim_job(
-                session, chosen, worker, lease_seconds, max_attempts=max_attempts
-            )
-        if attempt is None:  # its own turn, or another worker took the chosen job first
-            chosen = job_id
-            attempt = store.claim_job(
-                session, job_id, worker, lease_seconds, max_attempts=max_attempts
-            )
-        if attempt is None:
-            return None
-        # the message's job, if still queued, needs a new message: it goes back to the outbox
-        republish = chosen != job_id and recovery.unpublish(session, job_id)
-        claimed = _claimed(session, chosen, attempt)
-    if chosen != job_id:
-        log.info("Job %s: its turn went to %s (fair order between owners)", job_id, chosen)
-    if republish:
-        _republish(sessions, job_id, claimed.model, publish)
-    return claimed
-
-
-def claim_exact(
-    sessions: sessionmaker[Session],
-    job_id: str,
-    worker: str,
-    lease_seconds: float,
-    max_attempts: int | None = None,
-) -> Claimed | None:
-    """Claim ``job_id`` itself, or None: a co-batching worker's companions (``worker.cobatch``),
-    which ride along with a job the fair order already chose."""
-    with sessions.begin() as session:
-        attempt = store.claim_job(session, job_id, worker, lease_seconds, max_attempts=max_attempts)
-        if attempt is None:
-            return None
-        return _claimed(session, job_id, attempt)
-
-
-def _claimed(session: Session, job_id: str, attempt: int) -> Claimed:
-    """What running the claimed job needs, in one query (not the whole row and its runs)."""
-    endpoint, model, request, tags = session.execute(
-        select(Job.endpoint, Job.model, Job.request, Job.tags).where(Job.id == job_id)
-    ).one()
-    return Claimed(job_id, attempt, endpoint, model, request, list(tags or []))
-
-
-def _republish(sessions, job_id: str, model: str, publish: Publish | None) -> None:
-    """Send a message again for a job whose turn another job took; the reaper does it if this
-    fails (the job is in the outbox)."""
-    if publish is None:
-        return
-    try:
-        publish(job_id, model)
-        with sessions.begin() as session:
-            recovery.mark_published(session, job_id)
-    except Exception as error:  # the broker or the database is away: the reaper will publish it
-        log.warning("Job %s: could not publish it again (%s); the reaper will", job_id, error)
 
 
 @contextmanager
@@ -191,16 +105,21 @@ def run_engine(
     limit: float | None = None,
     memory: int | None = None,
     stop_check: Callable[[], None] | None = None,
+    keep: list | None = None,
 ):
     """(response text, losses, engine seconds) or (error record, None, seconds).
 
     The engine runs under the soft time limit, the memory guard (``memory`` bytes beyond what
     the process holds, ``worker.watch``) and ``stop_check`` (called at the engine's boundaries;
-    it raises to stop). A failed run's tensors are freed before this returns."""
+    it raises to stop). A failed run's tensors are freed before this returns. ``keep`` gets the
+    response's objects, for the caller to free once the job is stored and announced: freeing
+    those of a gpt2-small-sized batched pair (a million values) takes 2-3 ms."""
     start = time.perf_counter()
     try:
         with soft_time_limit(limit), memory_guard(memory), stop_when(stop_check or _go_on):
             response = runner(endpoint, request, model)
+            if keep is not None:
+                keep.append(response)
             text = dumps(response)
         return text, run_losses(endpoint, response), time.perf_counter() - start
     except Exception as error:
@@ -312,9 +231,13 @@ def execute_job(
         log.info("Job %s: not claimable (duplicate message or already done)", job_id)
         return None
     log.info("Job %s: claimed by %s (attempt %d)", job.job_id, worker, job.attempt)
-    status = run_claimed(sessions, job.job_id, job, model=model, runner=runner, limits=limits)
+    kept: list = []  # the response's objects, freed once the job is announced
+    status = run_claimed(
+        sessions, job.job_id, job, model=model, runner=runner, limits=limits, looked=True, keep=kept
+    )
     if done is not None and status in FINAL_STATUSES:
         done(job.job_id)
+    kept.clear()
     return status
 
 
@@ -331,18 +254,25 @@ def run_claimed(
     model: Callable[[], Any],
     runner: Runner | None = None,
     limits: JobLimits,
+    looked: bool = False,
+    keep: list | None = None,
 ) -> str:
-    """Run a job this worker holds (``job``, its claim) to its final status."""
+    """Run a job this worker holds (``job``, its claim) to its final status.
+
+    ``looked``: the claim was just made, and was the look for a cancel before the engine (a
+    job asked to cancel is not claimable: a queued one is canceled at once, a started one is
+    not taken over), so no second look. ``keep``: as for ``run_engine``."""
     with heartbeat(sessions, job_id, job.attempt, limits.heartbeat_seconds):
-        stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
-        if stopped:
-            return stopped
+        if not looked:
+            stopped = stop_if_canceled(sessions, job_id, job.attempt, limits.store_patience)
+            if stopped:
+                return stopped
         delay = limits.delay_for(job.tags)
         runner = _delayed(runner, delay) if delay else runner
         watch = CancelWatch(lambda: _cancel_asked(sessions, job_id, job.attempt))
         runner = normalizing(sessions, runner)
         outcome, losses, seconds = _compute(
-            job.endpoint, job.request, job.model, model, runner, limits, watch
+            job.endpoint, job.request, job.model, model, runner, limits, watch, keep
         )
         # the store is the last stage boundary: it looks for a cancel in its own UPDATE
         status = store_outcome(
@@ -376,7 +306,9 @@ def _cancel_asked(sessions, job_id: str, attempt: int) -> bool:
         return recovery.cancel_requested(session, job_id, attempt)
 
 
-def _compute(endpoint, request, model_name, model, runner, limits: JobLimits, watch=None):
+def _compute(
+    endpoint, request, model_name, model, runner, limits: JobLimits, watch=None, keep=None
+):
     try:
         loaded = model()
     except Exception as error:
@@ -395,5 +327,12 @@ def _compute(endpoint, request, model_name, model, runner, limits: JobLimits, wa
     if runner is None:
         from worker.engine import run as runner
     return run_engine(
-        runner, endpoint, request, loaded, limits.soft_time_limit, limits.memory_guard_bytes, watch
+        runner,
+        endpoint,
+        request,
+        loaded,
+        limits.soft_time_limit,
+        limits.memory_guard_bytes,
+        watch,
+        keep,
     )

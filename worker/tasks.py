@@ -1,8 +1,8 @@
 """``actq.run_job(job_id)``: claim the job, run the engine, store the outcome. Nothing else.
 
 The logic is in plain functions (``worker.cobatch.execute_jobs``, which runs waiting jobs
-together, over ``worker.execution``'s claim and run; the bounds in ``worker.limits``) that tests
-call without Celery;
+together, over ``worker.claims``' claim and ``worker.execution``'s run; the bounds in
+``worker.limits``) that tests call without Celery;
 the Celery task is a thin wrapper that supplies this process's database sessions and model.
 
 What happens to a job, and why it is safe:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from models.store import compression
 from models.store.lifecycle import JobStatus
 from models.store.runs import canonical_json, describe_runs, prompt_hash
 from models.store.tables import Job, JobTag, Run, RunAblation, utcnow
@@ -66,9 +67,6 @@ def request_hash(
         key.append(autoencoders)
     text = canonical_json(key)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-COMPRESSION_LEVEL = 1  # zlib: 3x faster than the default 6, responses 12% larger
 
 
 def response_bytes(job: Job) -> bytes | None:
@@ -151,7 +149,23 @@ def claim_job(
     now: dt.datetime | None = None,
     max_attempts: int | None = None,
 ) -> int | None:
-    """Move the job to ``started`` for ``worker``; return the attempt number, or None.
+    """Move the job to ``started`` for ``worker``; return the attempt number, or None (see
+    ``claim_job_returning``)."""
+    row = claim_job_returning(session, job_id, worker, lease_seconds, now, max_attempts)
+    return None if row is None else row.attempts
+
+
+def claim_job_returning(
+    session: Session,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+    max_attempts: int | None = None,
+    returning: tuple = (),
+):
+    """Move the job to ``started`` for ``worker``; return the row of the new ``attempts`` and the
+    ``returning`` columns (what a worker needs to run it, in the claim's own round trip), or None.
 
     A ``queued`` job can be claimed; so can a ``started`` one whose heartbeat is older than the
     lease (its worker died and the broker delivered the message again), unless it was asked to
@@ -181,10 +195,10 @@ def claim_job(
             started_at=now,
             heartbeat_at=now,
         )
-        .returning(Job.attempts)
+        .returning(Job.attempts, *returning)
         .execution_options(synchronize_session=False)
     )
-    return claimed.scalar_one_or_none()  # one round trip: the new attempt, or None
+    return claimed.one_or_none()  # one round trip: the new attempt (and ``returning``), or None
 
 
 def _held(job_id: str, attempt: int):
@@ -214,7 +228,7 @@ def finish_job(
     """Store the response and mark the job ``finished``; False if the attempt was superseded
     (or, ``unless_canceled``, if a cancel was asked for: ``recovery.store_unless_canceled``)."""
     encoded = response_text.encode("utf-8")
-    compressed = zlib.compress(encoded, COMPRESSION_LEVEL)
+    compressed = compression.compress(encoded)  # zlib, on several threads when large
     now = utcnow()
     held = _held(job_id, attempt)
     if unless_canceled:
